@@ -1,0 +1,164 @@
+"""intake: validate every input topic, route dead letters, count input per minute.
+
+The one flow that publishes dead letters, so each bad event appears in
+`dead-letters` once however many flows read its topic (the others drop what they
+cannot decode). Its per-window input counts per topic and per clickstream
+channel are the basis of the traffic alerts.
+
+Run it the Bytewax way: `python -m bytewax.run flows.intake:flow -r DIR -s 5 -b 0`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from operators.clock import from_ms, to_ms
+from operators.dead_letters import DeadLetter
+from operators.input_counts import InputCount, InputCounter, Tally, tally_batch
+from shopstream.settings import INPUT_TOPICS, Settings
+from state.inputs import KafkaInputSource, decode_record
+from state.kafka import InputRecord, KafkaOutputSink, OutboundMessage
+from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
+from state.serde import dumps
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    window_ms: int
+    lateness_ms: int
+    history_length: int
+    key_idle_windows: int = 60  # a quiet key keeps reporting zeros for this many windows
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "IntakeConfig":
+        return cls(
+            window_ms=settings.input_window_s * 1000,
+            lateness_ms=settings.allowed_lateness_s * 1000,
+            history_length=settings.history_length,
+        )
+
+
+def dead_letter_message(dead: DeadLetter) -> OutboundMessage:
+    return OutboundMessage("dead-letters", dead.dead_letter_id.encode(), dumps(dead.to_dict()))
+
+
+def input_count_record(count: InputCount) -> dict:
+    return {
+        "metric": "input",
+        "metric_id": f"{count.series}:{count.window_start}",
+        "window_start": count.window_start,
+        "window_end": count.window_end,
+        "topic": count.topic,
+        "dimension": count.dimension,
+        "value": count.value,
+        "events": count.events,
+        "dead_letters": count.dead_letters,
+        "late_events": count.late_events,
+    }
+
+
+def input_count_message(count: InputCount) -> OutboundMessage:
+    return OutboundMessage("metrics", count.series.encode(), dumps(input_count_record(count)))
+
+
+def input_count_writes(count: InputCount, history_length: int) -> list[RedisWrite]:
+    """Latest window per series, and a capped history for charts; both safe to replay."""
+    payload = dumps(input_count_record(count))
+    return [
+        SetLatest(count.series, count.window_end, payload),
+        AddToHistory(f"{count.series}:history", count.window_start, payload, history_length),
+    ]
+
+
+class _InputCountLogic(StatefulBatchLogic[list[Tally], InputCount, InputCounter]):
+    """Bytewax adapter around the pure `InputCounter`; wall time enters only here."""
+
+    def __init__(self, counter: InputCounter):
+        self._counter = counter
+
+    def on_batch(self, batches: list[list[Tally]]):
+        now = _now_ms()
+        return self._counter.add((t for batch in batches for t in batch), now), self.RETAIN
+
+    def on_notify(self):
+        return self._counter.advance(_now_ms()), self.RETAIN
+
+    def on_eof(self):
+        return self._counter.flush(), self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        wake = self._counter.next_wake_ms(_now_ms())
+        return None if wake is None else from_ms(wake)
+
+    def snapshot(self) -> InputCounter:
+        return copy.deepcopy(self._counter)
+
+
+def _now_ms() -> int:
+    return to_ms(datetime.now(timezone.utc))
+
+
+def build_flow(
+    records: Source[InputRecord],
+    kafka_sink: Sink[OutboundMessage],
+    redis_sink: Sink[RedisWrite],
+    config: IntakeConfig,
+) -> Dataflow:
+    flow = Dataflow("intake")
+    raw = op.input("records", flow, records)
+    decoded = op.map("decode", raw, decode_record)
+
+    dead_letters = op.filter_map(
+        "dead_letters", decoded, lambda item: item if isinstance(item, DeadLetter) else None
+    )
+
+    batch_tallies = op.flat_map_batch(
+        "tally", decoded, lambda batch: [tally_batch(batch, config.window_ms)]
+    )
+    # One counter for the whole stream: it sees a handful of tallies per batch.
+    counts = op.stateful_batch(
+        "input_counts",
+        op.key_on("all", batch_tallies, lambda _: "all"),
+        lambda resumed: _InputCountLogic(
+            resumed
+            or InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows)
+        ),
+    )
+    counts = op.key_rm("unkey", counts)
+
+    kafka_out = op.merge(
+        "kafka_out",
+        op.map("dead_letter_msg", dead_letters, dead_letter_message),
+        op.map("count_msg", counts, input_count_message),
+    )
+    op.output("kafka", kafka_out, kafka_sink)
+    redis_out = op.flat_map(
+        "count_writes", counts, lambda c: input_count_writes(c, config.history_length)
+    )
+    op.output("redis", redis_out, redis_sink)
+    return flow
+
+
+def flow_from_settings(settings: Settings) -> Dataflow:
+    return build_flow(
+        KafkaInputSource(settings, INPUT_TOPICS),
+        KafkaOutputSink(settings),
+        RedisSink(settings),
+        IntakeConfig.from_settings(settings),
+    )
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `python -m bytewax.run flows.intake:flow` builds the flow from the environment
+    # on first access, so importing this module for tests needs no configuration.
+    if name == "flow":
+        return flow_from_settings(Settings.from_env())
+    raise AttributeError(name)

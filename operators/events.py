@@ -1,0 +1,356 @@
+"""The four input records of CONTRACT.md as typed, immutable, validated records.
+
+`parse_event(topic, obj)` turns a decoded JSON object into a record or raises
+`InvalidEvent` with a reason short enough for a dead letter. Unknown extra fields
+are ignored. JSON itself is handled in `state.serde`; this module never sees bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping
+
+CLICK_TYPES = frozenset(
+    {
+        "page_view",
+        "search",
+        "product_view",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout_start",
+        "shipping_quote",
+    }
+)
+ORDER_STATUSES = frozenset({"created", "paid", "cancelled", "refunded"})
+PAYMENT_STATUSES = frozenset({"requested", "succeeded", "failed", "chargeback"})
+INVENTORY_KINDS = frozenset({"set", "restock", "adjust"})
+STOCK_POOLS = frozenset({"spot", "presale"})
+DEFAULT_CURRENCY = "CNY"
+
+
+class InvalidEvent(ValueError):
+    """The input cannot be used; the message is the dead-letter reason."""
+
+
+# -- field readers: each returns the typed value or raises InvalidEvent ------
+
+
+def _req_str(obj: Mapping[str, Any], name: str) -> str:
+    value = obj.get(name)
+    if value is None:
+        raise InvalidEvent(f"missing field '{name}'")
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(f"field '{name}' must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"field '{name}' must be a string, got {_show(value)}")
+    return value
+
+
+def _as_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent(f"field '{name}' must be an integer, got {_show(value)}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise InvalidEvent(f"field '{name}' must be an integer, got {value!r}")
+        value = int(value)
+    return value
+
+
+def _req_int(obj: Mapping[str, Any], name: str, minimum: int | None = None) -> int:
+    value = obj.get(name)
+    if value is None:
+        raise InvalidEvent(f"missing field '{name}'")
+    number = _as_int(name, value)
+    if minimum is not None and number < minimum:
+        raise InvalidEvent(f"field '{name}' must be >= {minimum}, got {number}")
+    return number
+
+
+def _opt_int(obj: Mapping[str, Any], name: str, minimum: int | None = None) -> int | None:
+    if obj.get(name) is None:
+        return None
+    return _req_int(obj, name, minimum)
+
+
+def _as_money(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidEvent(f"field '{name}' must be a number, got {_show(value)}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidEvent(f"field '{name}' must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _req_money(obj: Mapping[str, Any], name: str) -> float:
+    value = obj.get(name)
+    if value is None:
+        raise InvalidEvent(f"missing field '{name}'")
+    return _as_money(name, value)
+
+
+def _opt_money(obj: Mapping[str, Any], name: str) -> float | None:
+    value = obj.get(name)
+    return None if value is None else _as_money(name, value)
+
+
+def _req_choice(obj: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str:
+    value = _req_str(obj, name)
+    if value not in allowed:
+        raise InvalidEvent(f"field '{name}' has unknown value {value!r}")
+    return value
+
+
+def _opt_choice(obj: Mapping[str, Any], name: str, allowed: frozenset[str], default: str) -> str:
+    if obj.get(name) is None:
+        return default
+    return _req_choice(obj, name, allowed)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _event_time(obj: Mapping[str, Any]) -> int:
+    return _req_int(obj, "ts", minimum=0)
+
+
+# -- records ----------------------------------------------------------------
+
+
+class _Record:
+    """Shared encoding: a record becomes the contract's JSON object, None fields left out."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = [v.to_dict() if isinstance(v, _Record) else v for v in value]
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent(_Record):
+    event_id: str
+    ts: int
+    user_id: str
+    session_id: str
+    type: str
+    channel: str
+    region: str
+    device: str
+    sku: str | None = None
+    category: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    query: str | None = None
+    ip: str | None = None
+    experiment: Mapping[str, str] | None = None
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "ClickEvent":
+        experiment = obj.get("experiment")
+        if experiment is not None:
+            if not isinstance(experiment, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in experiment.items()
+            ):
+                raise InvalidEvent("field 'experiment' must be an object of name -> variant strings")
+        return cls(
+            event_id=_req_str(obj, "event_id"),
+            ts=_event_time(obj),
+            user_id=_req_str(obj, "user_id"),
+            session_id=_req_str(obj, "session_id"),
+            type=_req_choice(obj, "type", CLICK_TYPES),
+            channel=_req_str(obj, "channel"),
+            region=_req_str(obj, "region"),
+            device=_req_str(obj, "device"),
+            sku=_opt_str(obj, "sku"),
+            category=_opt_str(obj, "category"),
+            price=_opt_money(obj, "price"),
+            quantity=_opt_int(obj, "quantity", minimum=0),
+            query=_opt_str(obj, "query"),
+            ip=_opt_str(obj, "ip"),
+            experiment=experiment,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderItem(_Record):
+    sku: str
+    quantity: int
+    unit_price: float
+    pool: str = "spot"
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> "OrderItem":
+        if not isinstance(obj, dict):
+            raise InvalidEvent(f"each of 'items' must be an object, got {_show(obj)}")
+        return cls(
+            sku=_req_str(obj, "sku"),
+            quantity=_req_int(obj, "quantity", minimum=1),
+            unit_price=_req_money(obj, "unit_price"),
+            pool=_opt_choice(obj, "pool", STOCK_POOLS, "spot"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OrderEvent(_Record):
+    event_id: str
+    ts: int
+    order_id: str
+    user_id: str
+    status: str
+    items: tuple[OrderItem, ...]
+    amount: float
+    currency: str = DEFAULT_CURRENCY
+    session_id: str | None = None
+    channel: str | None = None
+    region: str | None = None
+    coupon_code: str | None = None
+    shipping_fee: float | None = None
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "OrderEvent":
+        items = obj.get("items")
+        if items is None:
+            raise InvalidEvent("missing field 'items'")
+        if not isinstance(items, list):
+            raise InvalidEvent(f"field 'items' must be a list, got {_show(items)}")
+        return cls(
+            event_id=_req_str(obj, "event_id"),
+            ts=_event_time(obj),
+            order_id=_req_str(obj, "order_id"),
+            user_id=_req_str(obj, "user_id"),
+            status=_req_choice(obj, "status", ORDER_STATUSES),
+            items=tuple(OrderItem.from_dict(item) for item in items),
+            amount=_req_money(obj, "amount"),
+            currency=_opt_str(obj, "currency") or DEFAULT_CURRENCY,
+            session_id=_opt_str(obj, "session_id"),
+            channel=_opt_str(obj, "channel"),
+            region=_opt_str(obj, "region"),
+            coupon_code=_opt_str(obj, "coupon_code"),
+            shipping_fee=_opt_money(obj, "shipping_fee"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentEvent(_Record):
+    event_id: str
+    ts: int
+    payment_id: str
+    order_id: str
+    user_id: str
+    status: str
+    amount: float
+    method: str
+    currency: str = DEFAULT_CURRENCY
+    card_fingerprint: str | None = None
+    card_bin: str | None = None
+    card_last4: str | None = None
+    device_id: str | None = None
+    ip: str | None = None
+    country: str | None = None
+    billing_country: str | None = None
+    account_created_ts: int | None = None
+    failure_reason: str | None = None
+    signals: Mapping[str, float] | None = None
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "PaymentEvent":
+        return cls(
+            event_id=_req_str(obj, "event_id"),
+            ts=_event_time(obj),
+            payment_id=_req_str(obj, "payment_id"),
+            order_id=_req_str(obj, "order_id"),
+            user_id=_req_str(obj, "user_id"),
+            status=_req_choice(obj, "status", PAYMENT_STATUSES),
+            amount=_req_money(obj, "amount"),
+            method=_req_str(obj, "method"),
+            currency=_opt_str(obj, "currency") or DEFAULT_CURRENCY,
+            card_fingerprint=_opt_str(obj, "card_fingerprint"),
+            card_bin=_opt_str(obj, "card_bin"),
+            card_last4=_opt_str(obj, "card_last4"),
+            device_id=_opt_str(obj, "device_id"),
+            ip=_opt_str(obj, "ip"),
+            country=_opt_str(obj, "country"),
+            billing_country=_opt_str(obj, "billing_country"),
+            account_created_ts=_opt_int(obj, "account_created_ts", minimum=0),
+            failure_reason=_opt_str(obj, "failure_reason"),
+            signals=_numeric_signals(obj.get("signals")),
+        )
+
+
+def _numeric_signals(value: Any) -> Mapping[str, float] | None:
+    """Keep every numeric signal; upstream providers may add non-numeric ones we ignore."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"field 'signals' must be an object, got {_show(value)}")
+    return {
+        name: float(v)
+        for name, v in value.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryEvent(_Record):
+    event_id: str
+    ts: int
+    sku: str
+    kind: str
+    quantity: int
+    pool: str = "spot"
+    safety_stock: int | None = None
+    warehouse: str | None = None
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "InventoryEvent":
+        kind = _req_choice(obj, "kind", INVENTORY_KINDS)
+        # `adjust` carries a signed delta; `set` and `restock` cannot be negative.
+        minimum = None if kind == "adjust" else 0
+        return cls(
+            event_id=_req_str(obj, "event_id"),
+            ts=_event_time(obj),
+            sku=_req_str(obj, "sku"),
+            kind=kind,
+            quantity=_req_int(obj, "quantity", minimum=minimum),
+            pool=_opt_choice(obj, "pool", STOCK_POOLS, "spot"),
+            safety_stock=_opt_int(obj, "safety_stock", minimum=0),
+            warehouse=_opt_str(obj, "warehouse"),
+        )
+
+
+InputEvent = ClickEvent | OrderEvent | PaymentEvent | InventoryEvent
+
+# Contract topic name -> the record it carries.
+RECORD_FOR_TOPIC: dict[str, Callable[[Mapping[str, Any]], InputEvent]] = {
+    "clickstream": ClickEvent.from_dict,
+    "orders": OrderEvent.from_dict,
+    "payments": PaymentEvent.from_dict,
+    "inventory": InventoryEvent.from_dict,
+}
+
+
+def parse_event(topic: str, obj: Any) -> InputEvent:
+    """Validate one decoded JSON value from contract topic `topic`."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"expected a JSON object, got {type(obj).__name__}")
+    try:
+        parser = RECORD_FOR_TOPIC[topic]
+    except KeyError:
+        raise InvalidEvent(f"no record type for topic {topic!r}") from None
+    return parser(obj)

@@ -1,0 +1,177 @@
+"""One frozen settings object, read from the environment and validated at start.
+
+Every knob of shopstream lives here with its default; flows receive a `Settings`
+instead of reading the environment themselves. A bad value raises `ConfigError`
+naming the variable and what to put there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlparse
+
+# The contract's topic names, before the prefix is applied.
+INPUT_TOPICS = ("clickstream", "orders", "payments", "inventory")
+OUTPUT_TOPICS = (
+    "fraud-decisions",
+    "coupons",
+    "alerts",
+    "metrics",
+    "churn-scores",
+    "dead-letters",
+)
+
+# librdkafka property families that carry security settings; env vars
+# KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_* map onto them.
+_KAFKA_PASSTHROUGH_FAMILIES = ("security.", "sasl.", "ssl.")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    topic_prefix: str = ""
+    redis_prefix: str = "shopstream:"
+    processes: int = 1
+    workers_per_process: int = 1
+    partitions: int = 4
+    recovery_dir: Path = Path(".shopstream/recovery")
+    snapshot_interval_s: int = 5
+    backup_interval_s: int = 0
+    services_dir: Path = Path(".shopstream/services")
+    cache_dir: Path = Path.home() / ".cache" / "shopstream"
+    kafka_version: str = "3.9.1"
+    kafka_heap: str = "512m"
+    input_window_s: int = 60
+    allowed_lateness_s: int = 10
+    history_length: int = 120
+    kafka_security: Mapping[str, str] = field(default_factory=dict)
+
+    # -- derived -----------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """The real topic name for a contract topic name."""
+        return f"{self.topic_prefix}{name}"
+
+    def redis_key(self, key: str) -> str:
+        return f"{self.redis_prefix}{key}"
+
+    @property
+    def total_workers(self) -> int:
+        return self.processes * self.workers_per_process
+
+    @property
+    def topic_partitions(self) -> int:
+        """Partitions per topic: never fewer than the workers that read them."""
+        return max(self.partitions, self.total_workers)
+
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every client: brokers plus security."""
+        return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_security}
+
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        first = self.kafka_bootstrap_servers.split(",")[0].strip()
+        host, _, port = first.rpartition(":")
+        return host or "localhost", int(port)
+
+    @property
+    def redis_host_port(self) -> tuple[str, int]:
+        parsed = urlparse(self.redis_url)
+        return parsed.hostname or "localhost", parsed.port or 6379
+
+    # -- loading -----------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict = {}
+        for spec in _SPECS:
+            raw = env.get(spec.env)
+            if raw is not None and raw != "":
+                values[spec.name] = spec.parse(raw)
+        values["kafka_security"] = _kafka_security_from_env(env)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        _check_host_port("KAFKA_BOOTSTRAP_SERVERS", self.kafka_bootstrap_servers)
+        parsed = urlparse(self.redis_url)
+        if parsed.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"REDIS_URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
+            )
+        for spec in _SPECS:
+            if spec.minimum is not None and getattr(self, spec.name) < spec.minimum:
+                raise ConfigError(
+                    f"{spec.env} must be at least {spec.minimum}, got {getattr(self, spec.name)}"
+                )
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    env: str
+    kind: type
+    minimum: int | None = None
+
+    def parse(self, raw: str):
+        if self.kind is int:
+            try:
+                return int(raw)
+            except ValueError:
+                raise ConfigError(f"{self.env} must be an integer, got {raw!r}") from None
+        if self.kind is Path:
+            return Path(raw).expanduser()
+        return raw
+
+
+_SPECS = (
+    _Spec("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", str),
+    _Spec("redis_url", "REDIS_URL", str),
+    _Spec("topic_prefix", "SHOPSTREAM_TOPIC_PREFIX", str),
+    _Spec("redis_prefix", "SHOPSTREAM_REDIS_PREFIX", str),
+    _Spec("processes", "SHOPSTREAM_PROCESSES", int, 1),
+    _Spec("workers_per_process", "SHOPSTREAM_WORKERS_PER_PROCESS", int, 1),
+    _Spec("partitions", "SHOPSTREAM_PARTITIONS", int, 1),
+    _Spec("recovery_dir", "SHOPSTREAM_RECOVERY_DIR", Path),
+    _Spec("snapshot_interval_s", "SHOPSTREAM_SNAPSHOT_INTERVAL_S", int, 1),
+    _Spec("backup_interval_s", "SHOPSTREAM_BACKUP_INTERVAL_S", int, 0),
+    _Spec("services_dir", "SHOPSTREAM_SERVICES_DIR", Path),
+    _Spec("cache_dir", "SHOPSTREAM_CACHE_DIR", Path),
+    _Spec("kafka_version", "SHOPSTREAM_KAFKA_VERSION", str),
+    _Spec("kafka_heap", "SHOPSTREAM_KAFKA_HEAP", str),
+    _Spec("input_window_s", "SHOPSTREAM_INPUT_WINDOW_S", int, 1),
+    _Spec("allowed_lateness_s", "SHOPSTREAM_ALLOWED_LATENESS_S", int, 0),
+    _Spec("history_length", "SHOPSTREAM_HISTORY_LENGTH", int, 1),
+)
+
+assert {s.name for s in _SPECS} | {"kafka_security"} == {f.name for f in fields(Settings)}
+
+
+def _kafka_security_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """KAFKA_SASL_USERNAME=u -> {"sasl.username": "u"}; only security families pass."""
+    passthrough = {}
+    for name, value in env.items():
+        if not name.startswith("KAFKA_") or name == "KAFKA_BOOTSTRAP_SERVERS":
+            continue
+        prop = name[len("KAFKA_") :].lower().replace("_", ".")
+        if prop.startswith(_KAFKA_PASSTHROUGH_FAMILIES):
+            passthrough[prop] = value
+    return passthrough
+
+
+def _check_host_port(env_name: str, servers: str) -> None:
+    for server in servers.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(
+                f"{env_name} must be a comma-separated list of host:port, got {servers!r}"
+            )

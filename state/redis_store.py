@@ -1,0 +1,140 @@
+"""Redis output: typed, idempotent writes applied in one pipeline per batch.
+
+Everything written to Redis may be written again after a crash (Bytewax replays
+the resumed epoch), so every write here is safe to repeat: absolute values, a
+sorted-set history keyed by window, "newer wins" for latest views, and "dedupe
+key + effect" done atomically in one Lua script for anything that must happen once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Protocol
+
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from shopstream.settings import Settings
+
+# SET the JSON value only if its ordering number is not older than the stored one.
+_SET_IF_NEWER = """
+local current = redis.call('GET', KEYS[1] .. ':order')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[1] .. ':order', ARGV[1])
+return 1
+"""
+
+# Claim the dedupe key and append to the stream in one step, so a replay can
+# neither add the entry twice nor claim without adding.
+_STREAM_ADD_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+  return 1
+end
+return 0
+"""
+
+
+class _Scripts:
+    def __init__(self, client: redis.Redis):
+        self.set_if_newer = client.register_script(_SET_IF_NEWER)
+        self.stream_add_once = client.register_script(_STREAM_ADD_ONCE)
+
+
+class RedisWrite(Protocol):
+    def apply(self, pipe: redis.client.Pipeline, prefix: str, scripts: _Scripts) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SetLatest:
+    """`key` holds the JSON with the highest `order` seen (e.g. window end)."""
+
+    key: str
+    order: int
+    value: bytes
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        scripts.set_if_newer(keys=[prefix + self.key], args=[self.order, self.value], client=pipe)
+
+
+@dataclass(frozen=True, slots=True)
+class AddToHistory:
+    """Sorted set of window results scored by window start, capped to the newest `keep`."""
+
+    key: str
+    score: int
+    member: bytes
+    keep: int
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        key = prefix + self.key
+        pipe.zadd(key, {self.member: self.score})
+        pipe.zremrangebyrank(key, 0, -(self.keep + 1))
+
+
+@dataclass(frozen=True, slots=True)
+class SetHash:
+    """Absolute field values of a hash, with an optional TTL."""
+
+    key: str
+    fields: Mapping[str, str | int | float]
+    ttl_s: int | None = None
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        key = prefix + self.key
+        pipe.hset(key, mapping=dict(self.fields))
+        if self.ttl_s:
+            pipe.expire(key, self.ttl_s)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAddOnce:
+    """Append `fields` to a stream once per `dedupe_key`, even across replays."""
+
+    dedupe_key: str
+    stream: str
+    fields: Mapping[str, str]
+    dedupe_ttl_s: int
+    max_len: int = 100_000
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        flat = [part for pair in self.fields.items() for part in pair]
+        scripts.stream_add_once(
+            keys=[prefix + self.dedupe_key, prefix + self.stream],
+            args=[self.dedupe_ttl_s, self.max_len, *flat],
+            client=pipe,
+        )
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client from REDIS_URL (credentials and TLS ride in the URL: rediss://user:pass@...)."""
+    return redis.Redis.from_url(settings.redis_url)
+
+
+class _RedisPartition(StatelessSinkPartition[RedisWrite]):
+    def __init__(self, settings: Settings):
+        self._client = connect(settings)
+        self._prefix = settings.redis_prefix
+        self._scripts = _Scripts(self._client)
+
+    def write_batch(self, items: list[RedisWrite]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for write in items:
+            write.apply(pipe, self._prefix, self._scripts)
+        pipe.execute()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class RedisSink(DynamicSink[RedisWrite]):
+    """Applies `RedisWrite`s; one connection and one pipeline per batch per worker."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+        return _RedisPartition(self._settings)
