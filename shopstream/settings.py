@@ -86,6 +86,13 @@ class Settings:
         parsed = urlparse(self.redis_url)
         return parsed.hostname or "localhost", parsed.port or 6379
 
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        env = {spec.env: str(getattr(self, spec.name)) for spec in _SPECS}
+        for prop, value in self.kafka_security.items():
+            env["KAFKA_" + prop.replace(".", "_").upper()] = value
+        return env
+
     # -- loading -----------------------------------------------------------
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

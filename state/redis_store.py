@@ -27,6 +27,15 @@ redis.call('SET', KEYS[1] .. ':order', ARGV[1])
 return 1
 """
 
+# One member per window start: a window re-emitted after a replay replaces its
+# earlier result instead of adding a second one; then keep only the newest.
+_SET_IN_HISTORY = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+return 1
+"""
+
 # Claim the dedupe key and append to the stream in one step, so a replay can
 # neither add the entry twice nor claim without adding.
 _STREAM_ADD_ONCE = """
@@ -42,6 +51,7 @@ class _Scripts:
     def __init__(self, client: redis.Redis):
         self.set_if_newer = client.register_script(_SET_IF_NEWER)
         self.stream_add_once = client.register_script(_STREAM_ADD_ONCE)
+        self.set_in_history = client.register_script(_SET_IN_HISTORY)
 
 
 class RedisWrite(Protocol):
@@ -62,7 +72,7 @@ class SetLatest:
 
 @dataclass(frozen=True, slots=True)
 class AddToHistory:
-    """Sorted set of window results scored by window start, capped to the newest `keep`."""
+    """Sorted set of window results scored by window start (one per window), newest `keep` kept."""
 
     key: str
     score: int
@@ -70,9 +80,9 @@ class AddToHistory:
     keep: int
 
     def apply(self, pipe, prefix, scripts) -> None:
-        key = prefix + self.key
-        pipe.zadd(key, {self.member: self.score})
-        pipe.zremrangebyrank(key, 0, -(self.keep + 1))
+        scripts.set_in_history(
+            keys=[prefix + self.key], args=[self.score, self.member, self.keep], client=pipe
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,116 @@
+"""The `shopstream` command line: services, simulate, run, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from shopstream.services import ServiceError
+from shopstream.settings import ConfigError, Settings
+from state.kafka import DeliveryError
+
+
+def _cmd_services(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream import services
+
+    if args.action == "up":
+        services.up(settings)
+        print(services.format_status(services.status(settings)))
+    elif args.action == "down":
+        services.down(settings, wipe=args.wipe)
+        print("services stopped")
+    elif args.action == "status":
+        statuses = services.status(settings)
+        print(services.format_status(statuses))
+        return 0 if all(s.answering for s in statuses.values()) else 1
+    elif args.action == "topics":
+        services.create_topics(settings)
+        print(f"topics ready with {settings.topic_partitions} partitions each")
+    elif args.action == "fetch":
+        print(f"Kafka {settings.kafka_version} jars in {services.fetch_kafka(settings)}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from simulators import cli as simulate_cli
+
+    return simulate_cli.run(args, settings)
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.runner import run_flows
+
+    return run_flows(settings, args.flows, log_dir=args.log_dir)
+
+
+def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.demo import run_demo
+
+    return run_demo(settings, duration_s=args.duration, keep_services=args.keep_services)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shopstream",
+        description="Real-time e-commerce stream processing on Bytewax, Kafka and Redis.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    services = commands.add_parser("services", help="local Kafka and Redis for development and tests")
+    services.add_argument("action", choices=["up", "down", "status", "topics", "fetch"])
+    services.add_argument("--wipe", action="store_true", help="with down: delete the services' data")
+    services.set_defaults(handler=_cmd_services)
+
+    simulate = commands.add_parser("simulate", help="produce realistic traffic to the input topics")
+    from simulators import cli as simulate_cli
+
+    simulate_cli.add_arguments(simulate)
+    simulate.set_defaults(handler=_cmd_simulate)
+
+    run = commands.add_parser("run", help="run the dataflows with recovery on")
+    run.add_argument("flows", nargs="*", help="flow names (default: all)")
+    run.add_argument("--processes", type=int, help="processes per flow (SHOPSTREAM_PROCESSES)")
+    run.add_argument("--workers", type=int, help="workers per process (SHOPSTREAM_WORKERS_PER_PROCESS)")
+    run.add_argument("--log-dir", type=Path, help="write each process's output to a file here")
+    run.set_defaults(handler=_cmd_run)
+
+    demo = commands.add_parser("demo", help="services up, flows running, traffic flowing, live summary")
+    demo.add_argument("--duration", type=float, default=90.0, help="seconds to run (default 90)")
+    demo.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+        overrides = {}
+        if getattr(args, "processes", None) is not None:
+            overrides["processes"] = args.processes
+        if getattr(args, "workers", None) is not None:
+            overrides["workers_per_process"] = args.workers
+        if overrides:
+            settings = replace(settings, **overrides)
+            settings.validate()
+        return args.handler(args, settings)
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except (ServiceError, DeliveryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

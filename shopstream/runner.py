@@ -1,0 +1,198 @@
+"""Run dataflows as supervised processes, always with Bytewax recovery on.
+
+Each flow runs as `python -m bytewax.run flows.<name>:flow` with its own
+recovery store, so a restart resumes from the last snapshot instead of replaying
+the input topics from the beginning. With `--processes N` a flow runs as an N
+process Bytewax cluster on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shopstream.settings import INPUT_TOPICS, OUTPUT_TOPICS, ConfigError, Settings
+
+# Flow name -> Bytewax import string. Every flow module exposes `flow`.
+FLOWS: dict[str, str] = {
+    "intake": "flows.intake:flow",
+}
+
+# How long a stopping flow may take to exit before it is killed.
+STOP_GRACE_S = 10.0
+
+
+def resolve_flows(names: list[str] | None) -> list[str]:
+    if not names:
+        return list(FLOWS)
+    unknown = [name for name in names if name not in FLOWS]
+    if unknown:
+        raise ConfigError(f"unknown flow(s) {', '.join(unknown)}; choose from: {', '.join(FLOWS)}")
+    return names
+
+
+def recovery_dir(settings: Settings, flow_name: str) -> Path:
+    return settings.recovery_dir / flow_name
+
+
+def prepare_recovery(settings: Settings, flow_name: str) -> Path:
+    """Create the flow's recovery partitions once; later runs resume from them."""
+    db_dir = recovery_dir(settings, flow_name)
+    if not any(db_dir.glob("part-*.sqlite3")):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "bytewax.recovery", str(db_dir), str(settings.total_workers)],
+            check=True,
+            capture_output=True,
+        )
+    return db_dir
+
+
+def flow_command(
+    settings: Settings, flow_name: str, process_id: int = 0, addresses: list[str] | None = None
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "bytewax.run",
+        FLOWS[flow_name],
+        "-w",
+        str(settings.workers_per_process),
+        "-r",
+        str(recovery_dir(settings, flow_name)),
+        "-s",
+        str(settings.snapshot_interval_s),
+        "-b",
+        str(settings.backup_interval_s),
+    ]
+    if addresses and len(addresses) > 1:
+        command += ["-i", str(process_id), "-a", ";".join(addresses)]
+    return command
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def preflight(settings: Settings) -> None:
+    """Fail at start, with the fix, when Kafka, Redis or the topics are not there."""
+    from confluent_kafka.admin import AdminClient
+
+    from state.redis_store import connect
+
+    try:
+        metadata = AdminClient(settings.kafka_config()).list_topics(timeout=10)
+    except Exception as err:  # librdkafka raises KafkaException with a transport reason
+        raise ConfigError(
+            f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({err}); "
+            "start it with `shopstream services up` or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from None
+    missing = [
+        settings.topic(name)
+        for name in INPUT_TOPICS + OUTPUT_TOPICS
+        if settings.topic(name) not in metadata.topics
+    ]
+    if missing:
+        raise ConfigError(
+            f"topics missing on {settings.kafka_bootstrap_servers}: {', '.join(missing)}; "
+            "create them with `shopstream services topics`"
+        )
+    try:
+        connect(settings).ping()
+    except Exception as err:  # redis-py raises ConnectionError/AuthenticationError/...
+        raise ConfigError(
+            f"Redis at {settings.redis_url} is not reachable ({err}); "
+            "start it with `shopstream services up` or set REDIS_URL"
+        ) from None
+
+
+@dataclass
+class FlowProcess:
+    flow_name: str
+    process_id: int
+    popen: subprocess.Popen
+
+
+def start_flow(settings: Settings, flow_name: str, log_dir: Path | None = None) -> list[FlowProcess]:
+    """Start one flow as `settings.processes` cooperating processes."""
+    prepare_recovery(settings, flow_name)
+    addresses = [f"127.0.0.1:{port}" for port in _free_ports(settings.processes)]
+    env = {**os.environ, **settings.to_env()}
+    started = []
+    for process_id in range(settings.processes):
+        output = None
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
+            output = open(log_dir / f"{flow_name}-{process_id}.log", "ab")
+        popen = subprocess.Popen(
+            flow_command(settings, flow_name, process_id, addresses),
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
+        started.append(FlowProcess(flow_name, process_id, popen))
+    return started
+
+
+def stop_all(processes: list[FlowProcess], grace_s: float = STOP_GRACE_S) -> None:
+    for proc in processes:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for proc in processes:
+        try:
+            proc.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
+
+
+def run_flows(settings: Settings, names: list[str] | None, log_dir: Path | None = None) -> int:
+    """Run flows until interrupted or until one fails; returns an exit code."""
+    flow_names = resolve_flows(names)
+    preflight(settings)
+    processes = [proc for name in flow_names for proc in start_flow(settings, name, log_dir)]
+    print(
+        f"running {', '.join(flow_names)} ({settings.processes} process(es) x "
+        f"{settings.workers_per_process} worker(s) each); recovery in {settings.recovery_dir}",
+        flush=True,
+    )
+    stopping = False
+
+    def _request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    previous = signal.signal(signal.SIGTERM, _request_stop)
+    try:
+        while not stopping:
+            for proc in processes:
+                code = proc.popen.poll()
+                if code is not None:
+                    print(
+                        f"flow {proc.flow_name} (process {proc.process_id}) exited with {code}; "
+                        "stopping the others",
+                        file=sys.stderr,
+                    )
+                    stop_all(processes)
+                    return code or 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stop_all(processes)
+    return 0

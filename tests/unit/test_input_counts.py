@@ -1,0 +1,111 @@
+from operators.clock import StreamClock
+from operators.dead_letters import DeadLetter
+from operators.events import parse_event
+from operators.input_counts import InputCounter, tally_batch
+
+MINUTE = 60_000
+
+
+def click(ts, channel="app", n=0):
+    return parse_event(
+        "clickstream",
+        {
+            "event_id": f"c{ts}-{n}",
+            "ts": ts,
+            "user_id": "u",
+            "session_id": "s",
+            "type": "page_view",
+            "channel": channel,
+            "region": "east",
+            "device": "ios",
+        },
+    )
+
+
+def order(ts):
+    return parse_event(
+        "orders",
+        {"event_id": f"o{ts}", "ts": ts, "order_id": "o", "user_id": "u", "status": "paid", "items": [], "amount": 1},
+    )
+
+
+def dead(offset):
+    return DeadLetter(ts=0, source_topic="orders", partition=0, offset=offset, error="bad JSON", raw="{")
+
+
+def counts_by_key(results):
+    return {(r.series, r.window_start): (r.events, r.dead_letters, r.late_events) for r in results}
+
+
+def test_clock_advances_with_wall_time_when_input_is_quiet():
+    clock = StreamClock(lateness_ms=1000)
+    clock.observe(10_000, now_ms=500_000)
+    assert clock.watermark(500_000) == 9_000
+    assert clock.watermark(503_000) == 12_000
+    assert clock.wall_time_when(20_000, now_ms=500_000) == 511_000
+
+
+def test_tally_collapses_a_batch_per_key_and_window():
+    tallies = tally_batch([click(1), click(2, "web"), click(MINUTE + 1), order(5), dead(1), dead(2)], MINUTE)
+    by_key = {(t.key, t.window_start): t for t in tallies}
+    assert by_key[(("clickstream", "all", "all"), 0)].events == 2
+    assert by_key[(("clickstream", "channel", "web"), 0)].events == 1
+    assert by_key[(("clickstream", "all", "all"), MINUTE)].max_ts == MINUTE + 1
+    assert by_key[(("orders", "all", "all"), 0)].events == 1
+    assert by_key[(("orders", "all", "all"), None)].dead_letters == 2
+
+
+def test_windows_close_on_event_time_with_exact_counts():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5)
+    now = 1_000_000_000
+    closed = counter.add(tally_batch([click(ts) for ts in range(0, 3 * MINUTE, 1000)], MINUTE), now)
+    got = counts_by_key(closed)
+    # Two full windows closed by event time; the third is still open.
+    assert got[("input:clickstream", 0)] == (60, 0, 0)
+    assert got[("input:clickstream", MINUTE)] == (60, 0, 0)
+    assert ("input:clickstream", 2 * MINUTE) not in got
+
+
+def test_quiet_input_closes_windows_by_wall_clock():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5)
+    now = 1_000_000_000
+    assert counter.add(tally_batch([click(10)], MINUTE), now) == []
+    wake = counter.next_wake_ms(now)
+    assert wake == now + MINUTE - 10
+    assert counts_by_key(counter.advance(wake)) == {
+        ("input:clickstream", 0): (1, 0, 0),
+        ("input:clickstream:channel:app", 0): (1, 0, 0),
+    }
+
+
+def test_a_channel_that_goes_dark_reports_zeros_then_is_forgotten():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=2)
+    now = 0
+    events = [click(1, "web")] + [click(ts, "app") for ts in range(0, 6 * MINUTE, 10_000)]
+    results = counter.add(tally_batch(events, MINUTE), now)
+    web = {r.window_start: r.events for r in results if r.series == "input:clickstream:channel:web"}
+    assert web == {0: 1, MINUTE: 0, 2 * MINUTE: 0}
+
+
+def test_late_events_are_counted_not_dropped():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5)
+    counter.add(tally_batch([click(ts) for ts in range(0, 2 * MINUTE, 1000)], MINUTE), 0)
+    # Window 0 is closed; two more of its events arrive, then the next window closes.
+    counter.add(tally_batch([click(5, n=1), click(6, n=1)], MINUTE), 0)
+    closed = counter.add(tally_batch([click(2 * MINUTE + 1)], MINUTE), 0)
+    assert counts_by_key(closed)[("input:clickstream", MINUTE)] == (60, 0, 2)
+
+
+def test_dead_letters_count_in_the_current_stream_window():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5)
+    counter.add(tally_batch([order(MINUTE + 5), dead(1), dead(2)], MINUTE), 0)
+    closed = counter.flush()
+    assert counts_by_key(closed)[("input:orders", MINUTE)] == (1, 2, 0)
+
+
+def test_flush_closes_every_open_window():
+    counter = InputCounter(MINUTE, lateness_ms=10 * MINUTE, key_idle_windows=5)
+    counter.add(tally_batch([order(1), order(3 * MINUTE)], MINUTE), 0)
+    closed = counter.flush()
+    assert [r.window_start for r in closed] == [0, MINUTE, 2 * MINUTE, 3 * MINUTE]
+    assert sum(r.events for r in closed) == 2
