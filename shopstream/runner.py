@@ -142,15 +142,20 @@ def start_flow(settings: Settings, flow_name: str, log_dir: Path | None = None) 
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
+            # Own session: a Ctrl-C in the terminal reaches the runner, which stops
+            # the flows itself, instead of interrupting them mid-batch.
+            start_new_session=True,
         )
         started.append(FlowProcess(flow_name, process_id, popen))
     return started
 
 
 def stop_all(processes: list[FlowProcess], grace_s: float = STOP_GRACE_S) -> None:
+    # SIGTERM ends a flow at once. That is safe by design: state resumes from the
+    # last snapshot and every output is idempotent, exactly as after a crash.
     for proc in processes:
         if proc.popen.poll() is None:
-            proc.popen.send_signal(signal.SIGINT)
+            proc.popen.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for proc in processes:
         try:

@@ -14,7 +14,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from operators.dead_letters import DeadLetter
 from operators.events import InputEvent, InvalidEvent
 from shopstream.settings import Settings
-from state.kafka import InputRecord, input_source, to_input_records
+from state.kafka import InputRecord, input_source, list_partitions, to_input_records
 from state.serde import decode_event, raw_text
 
 
@@ -55,10 +55,11 @@ class KafkaInputSource(FixedPartitionedSource[InputRecord, int | None]):
 
     def __init__(self, settings: Settings, topics: Iterable[str], tail: bool = True):
         self._settings = settings
-        self._kafka = input_source(settings, topics, tail=tail)
+        self._topics = list(topics)
+        self._kafka = input_source(settings, self._topics, tail=tail)
 
     def list_parts(self) -> list[str]:
-        return self._kafka.list_parts()
+        return list_partitions(self._settings, self._topics)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         return _RecordPartition(self._kafka.build_part(step_id, for_part, resume_state), self._settings)

@@ -15,6 +15,7 @@ from typing import Iterable
 from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Producer
+from confluent_kafka.admin import AdminClient
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
 from shopstream.settings import Settings
@@ -64,6 +65,19 @@ def input_source(settings: Settings, topics: Iterable[str], tail: bool = True) -
         add_config={**settings.kafka_security, "auto.offset.reset": "error"},
         raise_on_errors=False,
     )
+
+
+def list_partitions(settings: Settings, topics: Iterable[str]) -> list[str]:
+    """Bytewax partition names (`{partition}-{topic}`) of contract topics."""
+    admin = AdminClient(settings.kafka_config())
+    parts = []
+    for name in topics:
+        topic = settings.topic(name)
+        metadata = admin.list_topics(topic, timeout=30).topics[topic]
+        if metadata.error is not None:
+            raise RuntimeError(f"cannot read Kafka topic {topic!r}: {metadata.error.str()}")
+        parts.extend(f"{index}-{topic}" for index in sorted(metadata.partitions))
+    return parts
 
 
 def to_input_records(
