@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,10 @@ def _cmd_services(args: argparse.Namespace, settings: Settings) -> int:
         print(services.format_status(services.status(settings)))
     elif args.action == "down":
         services.down(settings, wipe=args.wipe)
-        print("services stopped")
+        if args.wipe:
+            # The recovery store holds offsets into the data just deleted.
+            shutil.rmtree(settings.recovery_dir, ignore_errors=True)
+        print("services stopped" + (", data and recovery store deleted" if args.wipe else ""))
     elif args.action == "status":
         statuses = services.status(settings)
         print(services.format_status(statuses))
@@ -62,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     services = commands.add_parser("services", help="local Kafka and Redis for development and tests")
     services.add_argument("action", choices=["up", "down", "status", "topics", "fetch"])
-    services.add_argument("--wipe", action="store_true", help="with down: delete the services' data")
+    services.add_argument(
+        "--wipe", action="store_true", help="with down: delete the services' data and the recovery store"
+    )
     services.set_defaults(handler=_cmd_services)
 
     simulate = commands.add_parser("simulate", help="produce realistic traffic to the input topics")

@@ -4,50 +4,23 @@
 from __future__ import annotations
 
 import itertools
-import socket
 from dataclasses import replace
 
 import pytest
 
 from shopstream import services
 from shopstream.settings import Settings
+from tests.integration.ports import free_port
 
 _test_ids = itertools.count()
-
-
-def _port_pair_free(port: int) -> bool:
-    for candidate in (port, port + 1):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", candidate))
-            except OSError:
-                return False
-    return True
-
-
-def _free_kafka_port() -> int:
-    """Kafka's controller listens on port + 1, so both must be free."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port < 65535 and _port_pair_free(port):
-            return port
-    raise RuntimeError("no free pair of loopback ports for Kafka")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
 def service_settings(tmp_path_factory) -> Settings:
     settings = Settings.from_env(
         {},
-        kafka_bootstrap_servers=f"127.0.0.1:{_free_kafka_port()}",
-        redis_url=f"redis://127.0.0.1:{_free_port()}/0",
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port(span=2)}",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
         services_dir=tmp_path_factory.mktemp("services"),
         partitions=2,
     )
