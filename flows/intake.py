@@ -11,6 +11,7 @@ Run it the Bytewax way: `python -m bytewax.run flows.intake:flow -r DIR -s 5 -b 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -29,6 +30,7 @@ from state.kafka import InputRecord, KafkaOutputSink, OutboundMessage
 from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
 from state.serde import dumps
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IntakeConfig:
@@ -102,6 +104,23 @@ class _InputCountLogic(StatefulBatchLogic[list[Tally], InputCount, InputCounter]
         return copy.deepcopy(self._counter)
 
 
+def _counter_for(resumed: InputCounter | None, config: IntakeConfig) -> InputCounter:
+    """The resumed counter under the current configuration; a new one if windows changed size."""
+    if resumed is not None and resumed.window_ms == config.window_ms:
+        resumed.lateness_ms = config.lateness_ms
+        resumed.clock.lateness_ms = config.lateness_ms
+        resumed.key_idle_windows = config.key_idle_windows
+        return resumed
+    if resumed is not None:
+        log.warning(
+            "input window changed from %d ms to %d ms since the last snapshot: "
+            "counts of the windows still open at the restart are dropped",
+            resumed.window_ms,
+            config.window_ms,
+        )
+    return InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows)
+
+
 def _now_ms() -> int:
     return to_ms(datetime.now(timezone.utc))
 
@@ -127,10 +146,7 @@ def build_flow(
     counts = op.stateful_batch(
         "input_counts",
         op.key_on("all", batch_tallies, lambda _: "all"),
-        lambda resumed: _InputCountLogic(
-            resumed
-            or InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows)
-        ),
+        lambda resumed: _InputCountLogic(_counter_for(resumed, config)),
     )
     counts = op.key_rm("unkey", counts)
 

@@ -56,6 +56,25 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, duration_s=args.duration, keep_services=args.keep_services)
 
 
+def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.bench import format_report, run_bench, write_json
+
+    report = run_bench(
+        settings,
+        args.flows,
+        events=args.events,
+        processes=args.bench_processes,
+        scenario=args.scenario,
+        latency_rate=args.latency_rate,
+        latency_seconds=args.latency_seconds,
+        seed=args.seed,
+    )
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shopstream",
@@ -88,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=90.0, help="seconds to run (default 90)")
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
     demo.set_defaults(handler=_cmd_demo)
+    bench = commands.add_parser("bench", help="measure flows on real Kafka and Redis (see BENCHMARKS.md)")
+    bench.add_argument("flows", nargs="*", help="flow names (default: all)")
+    bench.add_argument("--events", type=int, default=1_000_000, help="backlog size (default 1,000,000)")
+    bench.add_argument("--processes", dest="bench_processes", type=int, default=1, help="processes per flow")
+    bench.add_argument("--scenario", default="double11", help="simulator scenario (default double11)")
+    bench.add_argument("--latency-rate", type=float, default=5_000, help="live events/s for latency runs")
+    bench.add_argument("--latency-seconds", type=float, default=30, help="0 skips latency runs")
+    bench.add_argument("--seed", type=int, default=1)
+    bench.add_argument("--json", type=Path, help="also write the report as JSON here")
+    bench.set_defaults(handler=_cmd_bench)
     return parser
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shopstream.settings import INPUT_TOPICS, OUTPUT_TOPICS, ConfigError, Settings
+from state.flow_metrics import api_env
 
 # Flow name -> Bytewax import string. Every flow module exposes `flow`.
 FLOWS: dict[str, str] = {
@@ -76,7 +77,7 @@ def flow_command(
     return command
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:
@@ -94,7 +95,7 @@ def preflight(settings: Settings) -> None:
     from state.redis_store import connect
 
     try:
-        metadata = AdminClient(settings.kafka_config()).list_topics(timeout=10)
+        metadata = AdminClient(settings.kafka_config()).list_topics(timeout=5)
     except Exception as err:  # librdkafka raises KafkaException with a transport reason
         raise ConfigError(
             f"Kafka at {settings.kafka_bootstrap_servers} is not reachable ({err}); "
@@ -126,10 +127,19 @@ class FlowProcess:
     popen: subprocess.Popen
 
 
-def start_flow(settings: Settings, flow_name: str, log_dir: Path | None = None) -> list[FlowProcess]:
-    """Start one flow as `settings.processes` cooperating processes."""
+def start_flow(
+    settings: Settings,
+    flow_name: str,
+    log_dir: Path | None = None,
+    api_ports: list[int] | None = None,
+) -> list[FlowProcess]:
+    """Start one flow as `settings.processes` cooperating processes.
+
+    With `api_ports` (one per process), each process serves its Prometheus metrics,
+    consumer lag included, on its port.
+    """
     prepare_recovery(settings, flow_name)
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(settings.processes)]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(settings.processes)]
     env = {**os.environ, **settings.to_env()}
     started = []
     for process_id in range(settings.processes):
@@ -137,9 +147,10 @@ def start_flow(settings: Settings, flow_name: str, log_dir: Path | None = None) 
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
             output = open(log_dir / f"{flow_name}-{process_id}.log", "ab")
+        process_env = env if api_ports is None else {**env, **api_env(api_ports[process_id])}
         popen = subprocess.Popen(
             flow_command(settings, flow_name, process_id, addresses),
-            env=env,
+            env=process_env,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             # Own session: a Ctrl-C in the terminal reaches the runner, which stops

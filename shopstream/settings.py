@@ -54,6 +54,13 @@ class Settings:
     history_length: int = 120
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Paths may arrive as strings from code (overrides); normalise them once here.
+        for name in ("recovery_dir", "services_dir", "cache_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value).expanduser())
+
     # -- derived -----------------------------------------------------------
     def topic(self, name: str) -> str:
         """The real topic name for a contract topic name."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -119,3 +120,22 @@ def test_kill_9_and_restart_loses_nothing_and_counts_nothing_twice(settings, red
     metric_ids = [orjson.loads(v)["metric_id"] for _, v in read_topic(settings, "metrics")]
     # At-least-once on Kafka: a replayed epoch may resend a window, always with the same id.
     assert set(metric_ids) >= {f"input:clickstream:{BASE_TS + s * SECOND}" for s in range(30)}
+
+
+def test_two_processes_count_exactly_once(settings, redis_client):
+    two_processes = replace(settings, processes=2)
+    produce(two_processes, "clickstream", clicks(0, 6_000, start_s=0, span_s=6))
+
+    processes = start_flow(two_processes, "intake")
+    try:
+        assert len(processes) == 2
+        wait_until(lambda: counted(redis_client, settings) >= 6_000, 60, "all events counted by 2 processes")
+        wait_until(
+            lambda: max(window_history(redis_client, settings, "input:clickstream")) >= BASE_TS + 5 * SECOND,
+            30,
+            "the last window to close",
+        )
+        assert all(p.popen.poll() is None for p in processes)
+    finally:
+        stop_all(processes)
+    assert counted(redis_client, settings) == 6_000

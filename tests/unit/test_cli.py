@@ -1,0 +1,37 @@
+"""Bad configuration fails at start with a message that says what to fix."""
+
+import pytest
+
+import flows.intake
+from shopstream.cli import main
+from shopstream.runner import preflight
+from shopstream.settings import ConfigError, Settings
+from tests.integration.ports import free_port
+
+
+def test_a_malformed_setting_stops_run_before_anything_starts(monkeypatch, capsys):
+    monkeypatch.setenv("SHOPSTREAM_PROCESSES", "two")
+    assert main(["run"]) == 2
+    assert "configuration error: SHOPSTREAM_PROCESSES must be an integer, got 'two'" in capsys.readouterr().err
+
+
+def test_an_unknown_flow_is_named(capsys):
+    assert main(["run", "no_such_flow"]) == 2
+    assert "unknown flow(s) no_such_flow; choose from: intake" in capsys.readouterr().err
+
+
+def test_a_bad_flag_value_is_named(capsys):
+    assert main(["run", "--processes", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_the_bytewax_entry_point_validates_settings_too(monkeypatch):
+    monkeypatch.setenv("SHOPSTREAM_INPUT_WINDOW_S", "0")
+    with pytest.raises(ConfigError, match="SHOPSTREAM_INPUT_WINDOW_S must be at least 1"):
+        flows.intake.flow
+
+
+def test_unreachable_kafka_says_how_to_start_it():
+    settings = Settings.from_env({}, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
+    with pytest.raises(ConfigError, match=r"not reachable.*shopstream services up"):
+        preflight(settings)
