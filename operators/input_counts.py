@@ -98,15 +98,14 @@ class InputCounter:
         self.clock = StreamClock(lateness_ms=self.lateness_ms)
 
     def add(self, tallies: Iterable[Tally], now_ms: int) -> list[InputCount]:
-        dead_letter_tallies = []
+        """Count one batch's tallies (events before dead letters), then close what is due."""
+        tallies = sorted(tallies, key=lambda t: t.window_start is None)
         for tally in tallies:
             if tally.window_start is None:
-                dead_letter_tallies.append(tally)
-                continue
-            self.clock.observe(tally.max_ts, now_ms)
-            self._count(tally.key, tally.window_start, tally.events, 0)
-        for tally in dead_letter_tallies:
-            self._count(tally.key, self._stream_window(now_ms), 0, tally.dead_letters)
+                self._count(tally.key, self._stream_window(now_ms), 0, tally.dead_letters)
+            else:
+                self.clock.observe(tally.max_ts, now_ms)
+                self._count(tally.key, tally.window_start, tally.events, 0)
         return self.advance(now_ms)
 
     def _stream_window(self, now_ms: int) -> int:

@@ -49,6 +49,10 @@ def _simulator_command(duration_s: float) -> list[str]:
         str(DEMO_BAD_RATE),
         "--seed",
         "11",
+        # Sessions per day scale with the population: ten million shoppers give a few
+        # hundred events per second live in the evening, the rate cap keeps it there.
+        "--shoppers",
+        "10000000",
     ]
 
 

@@ -14,6 +14,7 @@ from itertools import accumulate
 from random import Random
 
 from simulators.profile import ShopProfile
+from state.serde import dumps
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,8 @@ class Category:
 
 
 CATEGORIES: tuple[Category, ...] = (
-    Category("electronics", 1800.0, 0.12, ("手机", "耳机", "iphone", "充电宝", "平板", "laptop"), True),
-    Category("appliances", 1200.0, 0.06, ("空调", "冰箱", "洗衣机", "扫地机器人"), True),
+    Category("electronics", 1200.0, 0.12, ("手机", "耳机", "iphone", "充电宝", "平板", "laptop"), True),
+    Category("appliances", 900.0, 0.06, ("空调", "冰箱", "洗衣机", "扫地机器人"), True),
     Category("apparel", 180.0, 0.17, ("连衣裙", "羽绒服", "sneakers", "卫衣", "牛仔裤")),
     Category("beauty", 220.0, 0.12, ("口红", "面膜", "精华", "防晒")),
     Category("home", 120.0, 0.10, ("四件套", "收纳", "枕头", "毛巾")),
@@ -36,7 +37,7 @@ CATEGORIES: tuple[Category, ...] = (
     Category("sports", 260.0, 0.06, ("跑鞋", "瑜伽垫", "羽毛球拍")),
     Category("books", 45.0, 0.04, ("小说", "教材", "绘本")),
     Category("toys", 130.0, 0.05, ("乐高", "积木", "盲盒")),
-    Category("jewelry", 900.0, 0.03, ("黄金", "项链", "手表"), True),
+    Category("jewelry", 800.0, 0.03, ("黄金", "项链", "手表"), True),
     Category("pets", 90.0, 0.05, ("猫粮", "狗粮", "猫砂")),
     Category("virtual", 20.0, 0.02, ("话费充值", "礼品卡", "gift card")),
 )
@@ -47,10 +48,11 @@ _VIRTUAL_STOCK = 1_000_000  # digital codes; never the reason a cart fails
 # Category taste per shopper segment (multipliers on view share).
 SEGMENT_TASTE: dict[str, dict[str, float]] = {
     "price_sensitive": {"food": 1.8, "home": 1.5, "apparel": 1.3, "baby": 1.4, "pets": 1.4,
-                        "books": 1.3, "electronics": 0.5, "appliances": 0.5, "jewelry": 0.3},
-    "quality": {"electronics": 1.7, "appliances": 1.8, "beauty": 1.3, "jewelry": 2.0,
+                        "books": 1.3, "electronics": 0.3, "appliances": 0.25, "jewelry": 0.15},
+    "quality": {"electronics": 1.6, "appliances": 1.6, "beauty": 1.3, "jewelry": 1.6,
                 "sports": 1.3, "food": 0.5, "books": 0.8, "toys": 0.7},
-    "impulse": {"apparel": 1.6, "beauty": 1.6, "toys": 1.7, "food": 1.2, "appliances": 0.4},
+    "impulse": {"apparel": 1.6, "beauty": 1.6, "toys": 1.7, "food": 1.2, "electronics": 0.6,
+                "appliances": 0.3, "jewelry": 0.5},
 }
 
 WAREHOUSES = ("wh-east", "wh-south", "wh-north", "wh-west", "wh-central")
@@ -60,7 +62,7 @@ class Sku:
     """One product; immutable after the catalog is built (stock lives in `inventory`)."""
 
     __slots__ = ("id", "key", "category", "category_index", "price", "pool", "popularity",
-                 "warehouse", "initial_stock", "safety_stock")
+                 "warehouse", "initial_stock", "safety_stock", "json")
 
     def __init__(self, id: str, category: Category, category_index: int, price: float, pool: str,
                  popularity: float, warehouse: str):
@@ -74,6 +76,8 @@ class Sku:
         self.warehouse = warehouse
         self.initial_stock = 0
         self.safety_stock = 0
+        # The click-event fields for this SKU, pre-rendered: clicks are built as JSON text.
+        self.json = dumps({"sku": id, "category": category.name, "price": price}).decode()[1:-1]
 
 
 class Catalog:
@@ -113,6 +117,7 @@ class Catalog:
             for segment, taste in SEGMENT_TASTE.items()
         }
         self.high_value = [i for i, c in enumerate(CATEGORIES) if c.high_value]
+        self.query_json = [tuple(dumps(q).decode() for q in c.queries) for c in CATEGORIES]
         # Hot spot SKUs: what flash sales feature.
         self.hot = sorted(
             (s for s in self.skus if s.pool == "spot" and s.category_index != VIRTUAL),
@@ -143,8 +148,8 @@ class Catalog:
     def pick(self, category_index: int, r: float) -> Sku:
         """The SKU at popularity quantile `r` (0 <= r < 1) inside a category."""
         cum = self._cum_popularity[category_index]
-        return self.by_category[category_index][min(bisect(cum, r * cum[-1]), len(cum) - 1)]
+        return self.by_category[category_index][bisect(cum, r * cum[-1])]
 
     def pick_category(self, segment: str, r: float) -> int:
         cum = self.segment_taste[segment]
-        return min(bisect(cum, r * cum[-1]), len(cum) - 1)
+        return bisect(cum, r * cum[-1])

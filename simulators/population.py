@@ -4,17 +4,17 @@ The population is split into lifecycle groups (new, growing, mature, lapsing) wi
 their own visit rates; inside a group a heavy-tailed weight makes a few shoppers
 very loyal. A lapsing group's rate halves every `lapse_half_life_days`, so over a
 multi-day run recency, frequency and spend drift apart. Shoppers are materialised
-lazily on their first visit (a million-shopper population costs one list of
-weights per group, not a million objects).
+lazily on their first visit, and their payment account on their first payment, so
+a million-shopper population costs nothing until people show up.
 """
 
 from __future__ import annotations
 
-from bisect import bisect
-from itertools import accumulate
+import math
 from random import Random
 
 from simulators.catalog import Catalog
+from simulators.draws import Choice
 from simulators.profile import ShopProfile
 from simulators.timeline import DAY
 
@@ -44,20 +44,9 @@ _HISTORY = {
 _SEGMENT_AOV = {"price_sensitive": 120.0, "quality": 500.0, "impulse": 200.0}  # PLAYBOOK: quality 500
 
 
-def weighted(pairs, r: float):
-    """The value at cumulative probability `r` in ((value, weight), ...)."""
-    total = sum(w for _, w in pairs)
-    acc = 0.0
-    for value, weight in pairs:
-        acc += weight / total
-        if r < acc:
-            return value
-    return pairs[-1][0]
-
-
 def random_ip(rng: Random, prefixes=_CN_IP_PREFIXES) -> str:
-    return (f"{prefixes[int(rng.random() * len(prefixes))]}.{int(rng.random() * 256)}."
-            f"{int(rng.random() * 256)}.{1 + int(rng.random() * 254)}")
+    bits = rng.getrandbits(24)
+    return f"{prefixes[int(rng.random() * len(prefixes))]}.{bits >> 16}.{(bits >> 8) & 255}.{(bits & 255) or 1}"
 
 
 def random_device_id(rng: Random) -> str:
@@ -70,32 +59,57 @@ def random_card(rng: Random, bins=CN_CARD_BINS) -> tuple[str, str, str]:
             "%04d" % int(rng.random() * 10000))
 
 
+class Account:
+    """How a shopper pays and their history; drawn on first need (few visits reach payment)."""
+
+    __slots__ = ("device_id", "method", "card", "country", "billing_country", "created_ts",
+                 "prior_orders", "prior_spend", "last_order_ts")
+
+
 class Shopper:
-    __slots__ = ("user_id", "key", "group", "segment", "region", "channel", "phone_os", "web_device",
-                 "ip", "device_id", "method", "card", "country", "billing_country",
-                 "account_created_ts", "prior_orders", "prior_spend", "last_order_ts",
-                 "affinity", "intent", "variant", "busy_until")
+    __slots__ = ("index", "user_id", "key", "group", "segment", "region", "channel", "phone_os",
+                 "web_device", "ip", "affinity", "intent", "variant", "busy_until", "account")
 
     def device_for(self, channel: str) -> str:
         return self.web_device if channel == "web" else self.phone_os
 
 
+# Visit weight inside a group: a capped Pareto (alpha 2) over the members, so the
+# most loyal shopper visits ~10x as often as the average one.
+_WEIGHT_CAP = 20.0
+_WEIGHT_MASS = 2.0 - 1.0 / _WEIGHT_CAP
+
+
+def _loyalty_position(u: float) -> float:
+    """Inverse CDF of the weight min(cap, x^-1/2) over x in [0, 1): where draw `u` lands."""
+    m = u * _WEIGHT_MASS
+    if m < 1.0 / _WEIGHT_CAP:
+        return m / _WEIGHT_CAP
+    root = (m + 1.0 / _WEIGHT_CAP) / 2.0
+    return root * root
+
+
 class Population:
     def __init__(self, size: int, profile: ShopProfile, rng: Random, catalog: Catalog,
                  start_ms: int, run_tag: str):
+        """`rng` draws the population's fixed layout and, later, accounts as they are needed."""
         self._profile = profile
         self._catalog = catalog
         self._start_ms = start_ms
         self._run_tag = run_tag
+        self._rng = rng
         self._registered = 0
         self._shoppers: dict[int, Shopper] = {}
+        # Lapsing shoppers seen for the first time, for ground truth; the caller drains it.
+        self.newly_seen_lapsing: list[Shopper] = []
         rates = {"new": profile.visits_per_day_new, "growing": profile.visits_per_day_growing,
                  "mature": profile.visits_per_day_mature, "lapsing": profile.visits_per_day_lapsing}
         intents = {"new": profile.intent_new, "growing": profile.intent_growing,
                    "mature": profile.intent_mature, "lapsing": profile.intent_lapsing}
         self.groups: list[str] = []
         self._first_index: list[int] = []
-        self._cum_weights: list[list[float]] = []
+        self._sizes: list[int] = []
+        self._strides: list[int] = []  # spreads loyalty ranks over user ids
         self._visits_per_day: list[float] = []  # group total at the start
         self._decays: list[bool] = []
         first = 0
@@ -103,13 +117,15 @@ class Population:
         for position, (group, share) in enumerate(profile.lifecycle_mix):
             last = position == len(profile.lifecycle_mix) - 1
             count = size - first if last else round(size * share / total_share)
-            # Heavy tail (Pareto, alpha 2, capped): a few shoppers visit far more often.
-            weights = [min(20.0, (1.0 - rng.random()) ** -0.5) / 2.0 for _ in range(count)]
-            if count == 0:
+            if count <= 0:
                 continue
+            stride = 1_000_003 + int(rng.random() * 1000)
+            while math.gcd(stride, count) != 1:
+                stride += 1
             self.groups.append(group)
             self._first_index.append(first)
-            self._cum_weights.append(list(accumulate(weights)))
+            self._sizes.append(count)
+            self._strides.append(stride)
             self._visits_per_day.append(rates[group] * count)
             self._decays.append(group == "lapsing")
             first += count
@@ -121,6 +137,12 @@ class Population:
         ) / visits if visits else 1.0
         self._intent = {g: intents[g] / mean_intent for g in intents}
         self._lapse_per_ms = 0.5 ** (1.0 / (profile.lapse_half_life_days * DAY))
+        self._segment = Choice(profile.segment_mix)
+        self._region = Choice(REGIONS)
+        self._channel = Choice(profile.channel_mix)
+        self._phone_os = Choice(_PHONE_OS)
+        self._web_device = Choice(_WEB_DEVICES)
+        self._method = Choice(profile.method_mix)
 
     # -- traffic -----------------------------------------------------------------
     def visits_per_day(self, ts: int) -> list[float]:
@@ -138,11 +160,12 @@ class Population:
             while group < len(group_rates) - 1 and r >= group_rates[group]:
                 r -= group_rates[group]
                 group += 1
-            cum = self._cum_weights[group]
-            index = self._first_index[group] + min(bisect(cum, rng.random() * cum[-1]), len(cum) - 1)
+            count = self._sizes[group]
+            index = self._first_index[group] + int(_loyalty_position(rng.random()) * count) \
+                * self._strides[group] % count
             shopper = self._shoppers.get(index)
             if shopper is None:
-                shopper = self._shoppers[index] = self._materialise(rng, index, self.groups[group], ts)
+                shopper = self._shoppers[index] = self._materialise(rng, index, self.groups[group])
             if shopper.busy_until <= ts:
                 return shopper
         return None
@@ -152,61 +175,69 @@ class Population:
         if "mature" not in self.groups:
             return None
         group = self.groups.index("mature")
-        cum = self._cum_weights[group]
-        index = self._first_index[group] + int(rng.random() * len(cum))
+        count = self._sizes[group]
+        index = self._first_index[group] + int(rng.random() * count)
         shopper = self._shoppers.get(index)
         if shopper is None:
-            shopper = self._shoppers[index] = self._materialise(rng, index, "mature", ts)
+            shopper = self._shoppers[index] = self._materialise(rng, index, "mature")
         return shopper if shopper.busy_until <= ts else None
-
-    def is_new(self, shopper: Shopper) -> bool:
-        """True the first time a lapsing shopper is seen: when truth records them."""
-        return shopper.busy_until == 0
 
     # -- shoppers ------------------------------------------------------------------
     def register(self, rng: Random, ts: int) -> Shopper:
         """A brand-new account, created minutes before this visit."""
         self._registered += 1
-        shopper = self._materialise(rng, -1, "new", ts, user_id=f"u{self._run_tag}-{self._registered}")
-        shopper.account_created_ts = ts - int((2 + rng.random() * 60) * 60_000)
-        shopper.prior_orders, shopper.prior_spend, shopper.last_order_ts = 0, 0.0, None
+        shopper = self._materialise(rng, -1, "new", user_id=f"u{self._run_tag}-{self._registered}")
+        account = self.account(shopper)
+        account.created_ts = max(0, ts - int((2 + rng.random() * 60) * 60_000))
+        account.prior_orders, account.prior_spend, account.last_order_ts = 0, 0.0, None
         return shopper
 
-    def _materialise(self, rng: Random, index: int, group: str, ts: int, user_id: str | None = None) -> Shopper:
+    def _materialise(self, rng: Random, index: int, group: str, user_id: str | None = None) -> Shopper:
         p = self._profile
+        r = rng.random
         s = Shopper()
+        s.index = index
         s.user_id = user_id or f"u{index:07d}"
         s.key = s.user_id.encode()
         s.group = group
-        s.segment = weighted(p.segment_mix, rng.random())
-        s.region = weighted(REGIONS, rng.random())
-        s.channel = weighted(p.channel_mix, rng.random())
-        s.phone_os = weighted(_PHONE_OS, rng.random())
-        s.web_device = weighted(_WEB_DEVICES, rng.random())
+        s.segment = self._segment(r())
+        s.region = self._region(r())
+        s.channel = self._channel(r())
+        s.phone_os = self._phone_os(r())
+        s.web_device = self._web_device(r())
         s.ip = random_ip(rng)
-        s.device_id = random_device_id(rng)
-        s.method = weighted(p.method_mix, rng.random())
-        s.card = random_card(rng) if s.method == "card" else None
-        if rng.random() < p.overseas_shopper_share:
-            s.country = OVERSEAS[int(rng.random() * len(OVERSEAS))]
-            s.billing_country = "CN" if rng.random() < 0.5 else s.country
-        else:
-            s.country = s.billing_country = "CN"
-        (age_lo, age_hi), (orders_lo, orders_hi), (since_lo, since_hi) = _HISTORY[group]
-        s.account_created_ts = self._start_ms - int((age_lo + rng.random() * (age_hi - age_lo)) * DAY)
-        s.prior_orders = orders_lo + int(rng.random() * (orders_hi - orders_lo + 1))
-        s.prior_spend = round(s.prior_orders * _SEGMENT_AOV[s.segment] * (0.5 + rng.random()), 2)
-        since = since_lo + rng.random() * (since_hi - since_lo)
-        s.last_order_ts = self._start_ms - int(since * DAY) if s.prior_orders else None
-        s.affinity = (self._catalog.pick_category(s.segment, rng.random()),
-                      self._catalog.pick_category(s.segment, rng.random()))
+        pick_category = self._catalog.pick_category
+        s.affinity = (pick_category(s.segment, r()), pick_category(s.segment, r()))
         s.intent = self._intent[group]
         s.variant = None
-        if rng.random() < p.experiment_share:
-            s.variant = "treatment" if rng.random() < 0.5 else "control"
+        if r() < p.experiment_share:
+            s.variant = "treatment" if r() < 0.5 else "control"
         s.busy_until = 0
+        s.account = None
+        if group == "lapsing":
+            self.newly_seen_lapsing.append(s)
         return s
 
-    @property
-    def lapse_half_life_days(self) -> float:
-        return self._profile.lapse_half_life_days
+    def account(self, shopper: Shopper) -> Account:
+        """The shopper's payment identity and purchase history, drawn the first time it is needed."""
+        account = shopper.account
+        if account is not None:
+            return account
+        p, rng = self._profile, self._rng
+        r = rng.random
+        a = shopper.account = Account()
+        a.device_id = random_device_id(rng)
+        a.method = self._method(r())
+        a.card = random_card(rng) if a.method == "card" else None
+        if r() < p.overseas_shopper_share:
+            a.country = OVERSEAS[int(r() * len(OVERSEAS))]
+            a.billing_country = "CN" if r() < 0.5 else a.country
+        else:
+            a.country = a.billing_country = "CN"
+        (age_lo, age_hi), (orders_lo, orders_hi), (since_lo, since_hi) = _HISTORY[shopper.group]
+        a.created_ts = max(0, self._start_ms - int((age_lo + r() * (age_hi - age_lo)) * DAY))
+        a.prior_orders = orders_lo + int(r() * (orders_hi - orders_lo + 1))
+        a.prior_spend = round(a.prior_orders * _SEGMENT_AOV[shopper.segment] * (0.5 + r()), 2)
+        since = since_lo + r() * (since_hi - since_lo)
+        a.last_order_ts = max(a.created_ts, self._start_ms - int(since * DAY)) if a.prior_orders else None
+        return a

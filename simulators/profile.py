@@ -60,7 +60,7 @@ class ShopProfile:
 
     # -- funnel ----------------------------------------------------------------
     # PLAYBOOK: mobile conversion target 3.2% (paid orders per visit). The stage
-    # rates below multiply out to about that (0.70 x 0.17 x 0.46 x ~0.82 x 0.72);
+    # rates below multiply out to about that (0.70 x 0.147 x 0.46 x ~0.83 x 0.72, plus recovered carts);
     # the unit tests hold the generated traffic to it.
     conversion: float = 0.032
     # PLAYBOOK: search is 40% and recommendations 35% of user actions.
@@ -68,7 +68,7 @@ class ShopProfile:
     recommendation_share: float = 0.35
     view_rate: float = 0.70  # ASSUMED: visits that reach a product page (30% bounce)
     mean_extra_views: float = 3.0  # ASSUMED: product views after the first, geometric
-    cart_given_view: float = 0.17  # ASSUMED
+    cart_given_view: float = 0.147  # ASSUMED
     checkout_given_cart: float = 0.46  # ASSUMED
     # PLAYBOOK: "payment step loses 28% of shoppers who reach it"; "the mini-program jump loses 30%".
     payment_step_loss: float = 0.28

@@ -9,6 +9,7 @@ partition (updated about once a second from librdkafka's statistics).
 from __future__ import annotations
 
 import re
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +19,12 @@ _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 def api_env(port: int) -> dict[str, str]:
     """Environment that makes one flow process serve its metrics on `port`."""
-    return {"BYTEWAX_DATAFLOW_API_ENABLED": "true", "BYTEWAX_DATAFLOW_API_PORT": str(port)}
+    return {
+        "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+        "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        # The API also writes `dataflow.json` into this directory; keep it out of the work tree.
+        "BYTEWAX_DATAFLOW_API_CACHE_PATH": tempfile.gettempdir(),
+    }
 
 
 def parse_consumer_lag(metrics_text: str) -> dict[tuple[str, int], float]:

@@ -8,19 +8,22 @@ delivery report before a batch counts as written, and raises `DeliveryError`
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
-from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import OFFSET_BEGINNING, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from confluent_kafka import KafkaError as ConfluentKafkaError
 
 from shopstream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+PREFETCH_KB_PER_PARTITION = 4096
 
 # How long a batch may wait for its delivery reports before the run fails.
 DELIVERY_TIMEOUT_S = 30.0
@@ -30,9 +33,11 @@ class DeliveryError(RuntimeError):
     """Kafka did not accept a message we produced; the run must stop, not drop it."""
 
 
-@dataclass(frozen=True, slots=True)
-class InputRecord:
-    """One message from an input topic, with where it came from (for dead letters)."""
+class InputRecord(NamedTuple):
+    """One message from an input topic, with where it came from (for dead letters).
+
+    A NamedTuple: built once per input message, so it must be cheap to create.
+    """
 
     topic: str  # the contract name, without the configured prefix
     partition: int
@@ -51,22 +56,6 @@ class OutboundMessage:
     value: bytes
 
 
-def input_source(settings: Settings, topics: Iterable[str], tail: bool = True) -> KafkaSource:
-    """A Bytewax source over contract topics.
-
-    Offsets live in Bytewax's recovery store (not a consumer group); a resumed
-    offset that Kafka has aged out is an error instead of a silent skip.
-    """
-    return KafkaSource(
-        brokers=settings.kafka_bootstrap_servers.split(","),
-        topics=[settings.topic(name) for name in topics],
-        tail=tail,
-        starting_offset=OFFSET_BEGINNING,
-        add_config={**settings.kafka_security, "auto.offset.reset": "error"},
-        raise_on_errors=False,
-    )
-
-
 def list_partitions(settings: Settings, topics: Iterable[str]) -> list[str]:
     """Bytewax partition names (`{partition}-{topic}`) of contract topics."""
     admin = AdminClient(settings.kafka_config())
@@ -80,37 +69,104 @@ def list_partitions(settings: Settings, topics: Iterable[str]) -> list[str]:
     return parts
 
 
-def to_input_records(
-    settings: Settings, item: KafkaSourceMessage | KafkaError
-) -> list[InputRecord]:
-    """Map a source item to our record; transient client errors are logged, others raise."""
-    if isinstance(item, KafkaError):
-        if item.err.retriable() or item.err.code() in _TRANSIENT_CONSUMER_ERRORS:
-            log.warning("transient Kafka consumer error: %s", item.err)
-            return []
-        raise RuntimeError(f"Kafka consumer error, stopping: {item.err}")
-    _, timestamp_ms = item.timestamp if item.timestamp else (0, -1)
-    return [
-        InputRecord(
-            topic=item.topic[len(settings.topic_prefix) :],
-            partition=item.partition,
-            offset=item.offset,
-            value=item.value,
-            timestamp_ms=timestamp_ms,
-            key=item.key,
+class KafkaInputSource(FixedPartitionedSource[InputRecord, int]):
+    """Contract input topics as `InputRecord`s; one Bytewax partition per Kafka partition.
+
+    Offsets live in Bytewax's recovery store, not a consumer group. A resumed offset
+    that Kafka has already deleted stops the flow (`auto.offset.reset=error`)
+    instead of silently skipping data. With `tail=False` the source ends at the
+    end of each partition (bounded replays).
+    """
+
+    def __init__(self, settings: Settings, topics: Iterable[str], tail: bool = True, batch_size: int = 1000):
+        self._settings = settings
+        self._topics = list(topics)
+        self._tail = tail
+        self._batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return list_partitions(self._settings, self._topics)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "_InputPartition":
+        index, topic = for_part.split("-", 1)
+        return _InputPartition(self._settings, step_id, topic, int(index), resume_state, self._tail, self._batch_size)
+
+
+class _InputPartition(StatefulSourcePartition[InputRecord, int]):
+    """Reads one Kafka partition straight into `InputRecord`s (no intermediate objects)."""
+
+    def __init__(self, settings, step_id, topic, partition, resume_offset, tail, batch_size):
+        self._contract_topic = topic[len(settings.topic_prefix) :]
+        self._partition = partition
+        self._offset = OFFSET_BEGINNING if resume_offset is None else resume_offset
+        self._batch_size = batch_size
+        self._eof = False
+        # Labelled on the first statistics, so no partition reports a lag it has not measured.
+        self._lag_labels = {"step_id": step_id, "topic": topic, "partition": partition}
+        self._consumer = Consumer(
+            {
+                **settings.kafka_config(),
+                "group.id": "shopstream-unused",  # required, never joined: we assign
+                "enable.auto.commit": False,
+                "enable.partition.eof": not tail,
+                "auto.offset.reset": "error",
+                # One consumer per partition; librdkafka's default prefetch (64 MB
+                # each) would let a backlog of 16 partitions fill a gigabyte.
+                "queued.max.messages.kbytes": PREFETCH_KB_PER_PARTITION,
+                "statistics.interval.ms": 1000,
+                "stats_cb": self._record_lag,
+            }
         )
-    ]
+        self._consumer.assign([TopicPartition(topic, partition, self._offset)])
+
+    def _record_lag(self, stats_json: str) -> None:
+        """Publish how far behind the partition's end we are (Bytewax's lag metric)."""
+        stats = json.loads(stats_json)
+        for topic_stats in stats.get("topics", {}).values():
+            partition = topic_stats["partitions"].get(str(self._partition))
+            if partition is not None and partition["ls_offset"] >= 0:
+                position = self._offset if self._offset >= 0 else partition["lo_offset"]
+                lag = max(0, partition["ls_offset"] - position)
+                BYTEWAX_CONSUMER_LAG_GAUGE.labels(**self._lag_labels).set(lag)
+
+    def next_batch(self) -> list[InputRecord]:
+        if self._eof:
+            raise StopIteration()
+        records = []
+        for msg in self._consumer.consume(self._batch_size, 0.001):
+            error = msg.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self._eof = True  # emit this batch; stop on the next call
+                    break
+                if error.retriable() or error.code() in _TRANSIENT_CONSUMER_ERRORS:
+                    log.warning("transient Kafka consumer error on %s: %s", self._contract_topic, error)
+                    continue
+                raise RuntimeError(f"Kafka consumer error on {self._contract_topic}, stopping: {error}")
+            _, timestamp_ms = msg.timestamp()
+            records.append(
+                InputRecord(self._contract_topic, self._partition, msg.offset(), msg.value(), timestamp_ms, msg.key())
+            )
+        if records:
+            self._offset = records[-1].offset + 1
+        return records
+
+    def snapshot(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        self._consumer.close()
 
 
-_TRANSIENT_CONSUMER_ERRORS = frozenset(
-    {ConfluentKafkaError._TRANSPORT, ConfluentKafkaError._ALL_BROKERS_DOWN}
-)
+_TRANSIENT_CONSUMER_ERRORS = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
 
 
 def producer_config(settings: Settings) -> dict:
     return {
         **settings.kafka_config(),
         "enable.idempotence": True,
+        # Failures are all we track; skipping success reports saves a callback per message.
+        "delivery.report.only.error": True,
         "acks": "all",
         "linger.ms": 5,
         "compression.type": "lz4",

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import orjson
 
 from operators.events import InputEvent, InvalidEvent, parse_event
 
 
-def dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
-
-
-def loads(raw: bytes | str) -> Any:
-    return orjson.loads(raw)
+dumps = orjson.dumps  # value -> JSON bytes
+loads = orjson.loads  # JSON bytes or str -> value
 
 
 def decode_event(topic: str, raw: bytes | None) -> InputEvent:

@@ -79,3 +79,37 @@ def test_one_and_two_workers_give_the_same_results():
     one, _ = run_intake(build_records(), 1)
     two, _ = run_intake(build_records(), 2)
     assert sorted(m.value for m in one) == sorted(m.value for m in two)
+
+
+def test_counts_do_not_depend_on_how_upstream_batches_are_grouped():
+    """Bytewax may hand the counter several upstream batches at once (it does with two
+    workers); the result must equal handing them over one by one."""
+    from flows.intake import _InputCountLogic
+    from operators.events import parse_event
+    from operators.input_counts import InputCounter, tally_batch
+
+    def clicks(*timestamps):
+        return [
+            parse_event(
+                "clickstream",
+                {"event_id": f"e{ts}", "ts": ts, "user_id": "u", "session_id": "s", "type": "search",
+                 "channel": "app", "region": "r", "device": "d"},
+            )
+            for ts in timestamps
+        ]
+
+    # The first batch closes window 0; the second brings one more event for it (late).
+    first = tally_batch(clicks(1, MINUTE + 1), MINUTE)
+    second = tally_batch(clicks(2), MINUTE) + tally_batch(clicks(MINUTE * 2 + 1), MINUTE)
+
+    def logic():
+        return _InputCountLogic(InputCounter(MINUTE, 0, 5))
+
+    one_by_one = logic()
+    separate = one_by_one.on_batch([first])[0] + one_by_one.on_batch([second])[0]
+    together = logic().on_batch([first, second])[0]
+    assert together == separate
+    assert [(c.window_start, c.events, c.late_events) for c in together if c.dimension == "all"] == [
+        (0, 1, 0),
+        (MINUTE, 1, 1),
+    ]
