@@ -24,12 +24,11 @@ from pathlib import Path
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from operators.events import InvalidEvent
 from shopstream import services
 from shopstream.runner import FLOWS, free_ports, start_flow, stop_all
-from shopstream.settings import INPUT_TOPICS, OUTPUT_TOPICS, ConfigError, Settings
+from shopstream.settings import INPUT_TOPICS, ConfigError, Settings
 from simulators import generate
 from simulators.timeline import parse_duration
 from state.flow_metrics import consumer_lag, peak_rss_bytes
@@ -298,13 +297,6 @@ def _bench_settings(settings: Settings, processes: int, scratch: Path) -> Settin
     )
 
 
-def _delete_topics(settings: Settings) -> None:
-    admin = AdminClient(settings.kafka_config())
-    futures = admin.delete_topics([settings.topic(t) for t in INPUT_TOPICS + OUTPUT_TOPICS])
-    for future in futures.values():
-        future.result(30)
-
-
 def run_bench(
     settings: Settings,
     flows: list[str] | None,
@@ -332,7 +324,7 @@ def run_bench(
                 result = flow_throughput(bench, flow_name, backlog, ceiling)
                 report["throughput"].append({**asdict(result), "share_of_ceiling": round(result.share_of_ceiling, 3)})
             finally:
-                _delete_topics(bench)
+                services.delete_topics(bench)
             if flow_name == "intake" and latency_seconds > 0:
                 live = _bench_settings(settings, processes, Path(scratch) / f"{flow_name}-latency")
                 services.create_topics(live)
@@ -340,7 +332,7 @@ def run_bench(
                     latency = intake_window_latency(live, scenario, latency_rate, latency_seconds, seed + 1)
                     report["latency"].append(asdict(latency))
                 finally:
-                    _delete_topics(live)
+                    services.delete_topics(live)
     return report
 
 

@@ -776,6 +776,30 @@ def create_topics(settings: Settings) -> None:
         )  # fmt: skip
 
 
+def delete_topics(settings: Settings) -> None:
+    """Delete every contract topic under the settings' prefix and wait until they are gone.
+
+    For throwaway namespaces (the demo, benchmarks); a missing topic is fine.
+    """
+    admin = _admin_client(settings)
+    wanted = [settings.topic(name) for name in INPUT_TOPICS + OUTPUT_TOPICS]
+    present = [name for name in wanted if name in _partition_counts(admin, settings)]
+    if not present:
+        return
+    timeouts = {"operation_timeout": ADMIN_TIMEOUT_S, "request_timeout": ADMIN_TIMEOUT_S}
+    failures = _failed(
+        admin.delete_topics(present, **timeouts), tolerated=KafkaError.UNKNOWN_TOPIC_OR_PART
+    )
+    if failures:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in sorted(failures.items()))
+        raise ServiceError(f"cannot delete topics on {settings.kafka_bootstrap_servers}: {reasons}")
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while any(name in _partition_counts(admin, settings) for name in present):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"topics {', '.join(present)} still listed {ADMIN_TIMEOUT_S:.0f} s after deletion")
+        time.sleep(POLL_INTERVAL_S)
+
+
 def _partition_counts(admin: AdminClient, settings: Settings) -> dict[str, int]:
     try:
         metadata = admin.list_topics(timeout=ADMIN_TIMEOUT_S)

@@ -35,3 +35,17 @@ def test_unreachable_kafka_says_how_to_start_it():
     settings = Settings.from_env({}, kafka_bootstrap_servers=f"127.0.0.1:{free_port()}")
     with pytest.raises(ConfigError, match=r"not reachable.*shopstream services up"):
         preflight(settings)
+
+
+def test_demo_traffic_starts_at_the_latest_evening_peak_in_china():
+    from datetime import datetime, timezone
+
+    from shopstream.demo import shop_evening_start
+
+    def start_for(utc_text):
+        now = datetime.fromisoformat(utc_text).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.fromtimestamp(shop_evening_start(now) / 1000, timezone.utc).isoformat()
+
+    # 20:00 in China is 12:00 UTC.
+    assert start_for("2026-11-21T23:48:00") == "2026-11-21T12:00:00+00:00"
+    assert start_for("2026-11-21T11:59:00") == "2026-11-20T12:00:00+00:00"
