@@ -1,4 +1,4 @@
-"""intake: validate every input topic, route dead letters, count input per minute.
+"""intake: validate every input topic, route dead letters, count input per window.
 
 The one flow that publishes dead letters, so each bad event appears in
 `dead-letters` once however many flows read its topic (the others drop what they
@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
+from typing import Callable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -21,7 +23,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from operators.clock import from_ms, to_ms
+from operators.clock import from_ms
 from operators.dead_letters import DeadLetter
 from operators.input_counts import InputCount, InputCounter, Tally, tally_batch
 from shopstream.settings import INPUT_TOPICS, Settings
@@ -32,12 +34,20 @@ from state.serde import dumps
 
 log = logging.getLogger(__name__)
 
+Clock = Callable[[], int]  # wall-clock milliseconds since the epoch
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 @dataclass(frozen=True)
 class IntakeConfig:
     window_ms: int
     lateness_ms: int
     history_length: int
-    key_idle_windows: int = 60  # a quiet key keeps reporting zeros for this many windows
+    key_idle_windows: int  # a key that goes quiet keeps reporting zeros this many windows
+    max_event_ahead_ms: int  # events stamped further ahead of the wall clock are dead letters
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "IntakeConfig":
@@ -45,6 +55,8 @@ class IntakeConfig:
             window_ms=settings.input_window_s * 1000,
             lateness_ms=settings.allowed_lateness_s * 1000,
             history_length=settings.history_length,
+            key_idle_windows=max(1, settings.idle_key_report_s // settings.input_window_s),
+            max_event_ahead_ms=settings.max_event_ahead_s * 1000,
         )
 
 
@@ -67,14 +79,11 @@ def input_count_record(count: InputCount) -> dict:
     }
 
 
-def input_count_message(count: InputCount) -> OutboundMessage:
-    return OutboundMessage("metrics", count.series.encode(), dumps(input_count_record(count)))
-
-
-def input_count_writes(count: InputCount, history_length: int) -> list[RedisWrite]:
-    """Latest window per series, and a capped history for charts; both safe to replay."""
+def input_count_outputs(count: InputCount, history_length: int) -> tuple[OutboundMessage, list[RedisWrite]]:
+    """The `metrics` record, and Redis: the latest window per series and a capped
+    history for charts. All safe to repeat after a replay."""
     payload = dumps(input_count_record(count))
-    return [
+    return OutboundMessage("metrics", count.series.encode(), payload), [
         SetLatest(count.series, count.window_end, payload),
         AddToHistory(f"{count.series}:history", count.window_start, payload, history_length),
     ]
@@ -88,46 +97,48 @@ class TriagedBatch:
     tallies: list[Tally]
 
 
-def triage_batch(records: list[InputRecord], window_ms: int) -> TriagedBatch:
-    decoded = [decode_record(record) for record in records]
+def triage_batch(records: list[InputRecord], config: IntakeConfig, now_ms: int) -> TriagedBatch:
+    latest_ts_ms = now_ms + config.max_event_ahead_ms
+    decoded = [decode_record(record, latest_ts_ms) for record in records]
     return TriagedBatch(
         dead_letters=[item for item in decoded if isinstance(item, DeadLetter)],
-        tallies=tally_batch(decoded, window_ms),
+        tallies=tally_batch(decoded, config.window_ms),
     )
 
 
 class _InputCountLogic(StatefulBatchLogic[list[Tally], InputCount, InputCounter]):
     """Bytewax adapter around the pure `InputCounter`; wall time enters only here."""
 
-    def __init__(self, counter: InputCounter):
+    def __init__(self, counter: InputCounter, now_ms: Clock):
         self._counter = counter
+        self._now_ms = now_ms
 
     def on_batch(self, batches: list[list[Tally]]):
         # One `add` per input batch: results must not depend on how Bytewax groups
         # upstream batches on their way to this step (one worker or several).
-        now = _now_ms()
+        now = self._now_ms()
         return [count for batch in batches for count in self._counter.add(batch, now)], self.RETAIN
 
     def on_notify(self):
-        return self._counter.advance(_now_ms()), self.RETAIN
+        return self._counter.advance(self._now_ms()), self.RETAIN
 
     def on_eof(self):
         return self._counter.flush(), self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        wake = self._counter.next_wake_ms(_now_ms())
+        wake = self._counter.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
     def snapshot(self) -> InputCounter:
         return copy.deepcopy(self._counter)
 
 
-def _counter_for(resumed: InputCounter | None, config: IntakeConfig) -> InputCounter:
+def counter_for(resumed: InputCounter | None, config: IntakeConfig, now_ms: int) -> InputCounter:
     """The resumed counter under the current configuration; a new one if windows changed size."""
     if resumed is not None and resumed.window_ms == config.window_ms:
-        resumed.lateness_ms = config.lateness_ms
-        resumed.clock.lateness_ms = config.lateness_ms
+        resumed.lateness_ms = resumed.clock.lateness_ms = config.lateness_ms
         resumed.key_idle_windows = config.key_idle_windows
+        resumed.resume(now_ms)
         return resumed
     if resumed is not None:
         log.warning(
@@ -139,41 +150,36 @@ def _counter_for(resumed: InputCounter | None, config: IntakeConfig) -> InputCou
     return InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows)
 
 
-def _now_ms() -> int:
-    return to_ms(datetime.now(timezone.utc))
-
-
 def build_flow(
     records: Source[InputRecord],
     kafka_sink: Sink[OutboundMessage],
     redis_sink: Sink[RedisWrite],
     config: IntakeConfig,
+    now_ms: Clock = wall_clock_ms,
 ) -> Dataflow:
     flow = Dataflow("intake")
     raw = op.input("records", flow, records)
     # Validation is the per-event work; doing it a whole batch per Python call keeps
     # Bytewax's per-item overhead out of the hot path.
-    triaged = op.flat_map_batch("triage", raw, lambda batch: [triage_batch(batch, config.window_ms)])
+    triaged = op.flat_map_batch("triage", raw, lambda batch: [triage_batch(batch, config, now_ms())])
     dead_letters = op.flat_map("dead_letters", triaged, lambda t: t.dead_letters)
     batch_tallies = op.map("tallies", triaged, lambda t: t.tallies)
     # One counter for the whole stream: it sees a handful of tallies per batch.
     counts = op.stateful_batch(
         "input_counts",
         op.key_on("all", batch_tallies, lambda _: "all"),
-        lambda resumed: _InputCountLogic(_counter_for(resumed, config)),
+        lambda resumed: _InputCountLogic(counter_for(resumed, config, now_ms()), now_ms),
     )
-    counts = op.key_rm("unkey", counts)
-
+    outputs = op.map(
+        "count_outputs", op.key_rm("unkey", counts), lambda c: input_count_outputs(c, config.history_length)
+    )
     kafka_out = op.merge(
         "kafka_out",
         op.map("dead_letter_msg", dead_letters, dead_letter_message),
-        op.map("count_msg", counts, input_count_message),
+        op.map("count_msg", outputs, lambda out: out[0]),
     )
     op.output("kafka", kafka_out, kafka_sink)
-    redis_out = op.flat_map(
-        "count_writes", counts, lambda c: input_count_writes(c, config.history_length)
-    )
-    op.output("redis", redis_out, redis_sink)
+    op.output("redis", op.flat_map("count_writes", outputs, lambda out: out[1]), redis_sink)
     return flow
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    ts: int  # the input's Kafka timestamp: a bad event may carry no usable `ts`
+    ts: int  # the input's Kafka timestamp (-1 if it has none): a bad event may carry no usable `ts`
     source_topic: str
     partition: int
     offset: int

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping
 
 CLICK_TYPES = frozenset(
     {
@@ -138,12 +139,16 @@ class _Record:
                 continue
             if isinstance(value, tuple):
                 value = [v.to_dict() if isinstance(v, _Record) else v for v in value]
+            elif isinstance(value, MappingProxyType):
+                value = dict(value)
             out[f.name] = value
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class ClickEvent(_Record):
+    TOPIC: ClassVar[str] = "clickstream"
+
     event_id: str
     ts: int
     user_id: str
@@ -183,7 +188,7 @@ class ClickEvent(_Record):
             quantity=_opt_int(obj, "quantity", minimum=0),
             query=_opt_str(obj, "query"),
             ip=_opt_str(obj, "ip"),
-            experiment=experiment,
+            experiment=None if experiment is None else MappingProxyType(experiment),
         )
 
 
@@ -208,6 +213,8 @@ class OrderItem(_Record):
 
 @dataclass(frozen=True, slots=True)
 class OrderEvent(_Record):
+    TOPIC: ClassVar[str] = "orders"
+
     event_id: str
     ts: int
     order_id: str
@@ -248,6 +255,8 @@ class OrderEvent(_Record):
 
 @dataclass(frozen=True, slots=True)
 class PaymentEvent(_Record):
+    TOPIC: ClassVar[str] = "payments"
+
     event_id: str
     ts: int
     payment_id: str
@@ -299,15 +308,19 @@ def _numeric_signals(value: Any) -> Mapping[str, float] | None:
         return None
     if not isinstance(value, dict):
         raise InvalidEvent(f"field 'signals' must be an object, got {_show(value)}")
-    return {
-        name: float(v)
-        for name, v in value.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+    return MappingProxyType(
+        {
+            name: float(v)
+            for name, v in value.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class InventoryEvent(_Record):
+    TOPIC: ClassVar[str] = "inventory"
+
     event_id: str
     ts: int
     sku: str
@@ -338,10 +351,7 @@ InputEvent = ClickEvent | OrderEvent | PaymentEvent | InventoryEvent
 
 # Contract topic name -> the record it carries.
 RECORD_FOR_TOPIC: dict[str, Callable[[Mapping[str, Any]], InputEvent]] = {
-    "clickstream": ClickEvent.from_dict,
-    "orders": OrderEvent.from_dict,
-    "payments": PaymentEvent.from_dict,
-    "inventory": InventoryEvent.from_dict,
+    record.TOPIC: record.from_dict for record in (ClickEvent, OrderEvent, PaymentEvent, InventoryEvent)
 }
 
 

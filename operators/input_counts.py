@@ -18,14 +18,6 @@ from operators.events import ClickEvent, InputEvent
 # (topic, dimension, value): ("clickstream", "all", "all"), ("clickstream", "channel", "app")
 CounterKey = tuple[str, str, str]
 
-_TOPIC_OF = {
-    "ClickEvent": "clickstream",
-    "OrderEvent": "orders",
-    "PaymentEvent": "payments",
-    "InventoryEvent": "inventory",
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Tally:
     key: CounterKey
@@ -63,7 +55,7 @@ def tally_batch(items: Iterable[InputEvent | DeadLetter], window_ms: int) -> lis
             key = (item.source_topic, "all", "all")
             dead_letters[key] = dead_letters.get(key, 0) + 1
             continue
-        topic = _TOPIC_OF[type(item).__name__]
+        topic = item.TOPIC
         window_start = item.ts - item.ts % window_ms
         keys = [(topic, "all", "all")]
         if isinstance(item, ClickEvent):
@@ -90,30 +82,40 @@ class InputCounter:
     clock: StreamClock = field(init=False)
     open_windows: dict[int, dict[CounterKey, list[int]]] = field(default_factory=dict)
     late_events: dict[CounterKey, int] = field(default_factory=dict)
-    last_active: dict[CounterKey, int] = field(default_factory=dict)
+    # Dead letters seen before the first usable event: no stream time to place them at yet.
+    early_dead_letters: dict[CounterKey, int] = field(default_factory=dict)
+    last_active: dict[CounterKey, int] = field(default_factory=dict)  # key -> last closed window with input
     next_window: int | None = None  # start of the oldest window not yet closed
     closed_any: bool = False
 
     def __post_init__(self) -> None:
         self.clock = StreamClock(lateness_ms=self.lateness_ms)
 
+    def resume(self, now_ms: int) -> None:
+        """Restored from a snapshot: the downtime is not quiet input."""
+        self.clock.touch(now_ms)
+
     def add(self, tallies: Iterable[Tally], now_ms: int) -> list[InputCount]:
         """Count one batch's tallies (events before dead letters), then close what is due."""
         tallies = sorted(tallies, key=lambda t: t.window_start is None)
         for tally in tallies:
-            if tally.window_start is None:
-                self._count(tally.key, self._stream_window(now_ms), 0, tally.dead_letters)
-            else:
+            if tally.window_start is not None:
                 self.clock.observe(tally.max_ts, now_ms)
                 self._count(tally.key, tally.window_start, tally.events, 0)
+            elif self.next_window is None:
+                self.early_dead_letters[tally.key] = self.early_dead_letters.get(tally.key, 0) + tally.dead_letters
+            else:
+                self._count(tally.key, self._stream_window(now_ms), 0, tally.dead_letters)
+        if self.early_dead_letters and self.next_window is not None:
+            for key, count in self.early_dead_letters.items():
+                self._count(key, self.next_window, 0, count)
+            self.early_dead_letters.clear()
         return self.advance(now_ms)
 
     def _stream_window(self, now_ms: int) -> int:
         """The open window that holds the stream's current time."""
-        watermark = self.clock.watermark(now_ms)
-        stream_now = now_ms if watermark is None else watermark + self.lateness_ms
-        start = stream_now - stream_now % self.window_ms
-        return start if self.next_window is None else max(start, self.next_window)
+        stream_now = self.clock.watermark(now_ms) + self.lateness_ms
+        return max(stream_now - stream_now % self.window_ms, self.next_window)
 
     def _count(self, key: CounterKey, window_start: int, events: int, dead_letters: int) -> None:
         if self.next_window is None or (not self.closed_any and window_start < self.next_window):
@@ -124,7 +126,6 @@ class InputCounter:
         counts = self.open_windows.setdefault(window_start, {}).setdefault(key, [0, 0])
         counts[0] += events
         counts[1] += dead_letters
-        self.last_active[key] = max(self.last_active.get(key, window_start), window_start)
 
     def advance(self, now_ms: int) -> list[InputCount]:
         """Close every window whose end the watermark has passed."""
@@ -133,21 +134,24 @@ class InputCounter:
             return []
         results: list[InputCount] = []
         while self.next_window + self.window_ms <= watermark:
-            results.extend(self._close(self.next_window))
-            self.closed_any = True
-            self.next_window += self.window_ms
-            if not self.last_active:
-                # Nothing to report zeros for: skip straight to the next window with data.
+            results.extend(self._close_next())
+            if not self.last_active and not self.late_events:
+                # No key to report zeros for: skip the empty stretch to the next data.
                 floor = watermark - watermark % self.window_ms
                 self.next_window = max(self.next_window, min(self.open_windows, default=floor))
         return results
 
-    def _close(self, start: int) -> list[InputCount]:
+    def _close_next(self) -> list[InputCount]:
+        start = self.next_window
         counts = self.open_windows.pop(start, {})
+        for key in counts:
+            self.last_active[key] = start
         idle_before = start - self.key_idle_windows * self.window_ms
         for key in [k for k, last in self.last_active.items() if last < idle_before]:
             del self.last_active[key]
-        reported = sorted(set(self.last_active) | set(counts))
+        reported = sorted(set(self.last_active) | set(counts) | set(self.late_events))
+        self.next_window += self.window_ms
+        self.closed_any = True
         return [
             InputCount(
                 topic=key[0],
@@ -163,15 +167,14 @@ class InputCounter:
         ]
 
     def flush(self) -> list[InputCount]:
-        """Close every open window: the input has ended (a bounded replay)."""
-        if not self.open_windows:
+        """Close every open window and report pending late events: the input has ended."""
+        if self.next_window is None:
             return []
-        last_end = max(self.open_windows) + self.window_ms
         results: list[InputCount] = []
-        while self.next_window is not None and self.next_window < last_end:
-            results.extend(self._close(self.next_window))
-            self.next_window += self.window_ms
-        self.closed_any = True
+        while self.open_windows or self.late_events:
+            if not self.last_active and not self.late_events:
+                self.next_window = max(self.next_window, min(self.open_windows))  # skip the empty stretch
+            results.extend(self._close_next())
         return results
 
     def next_wake_ms(self, now_ms: int) -> int | None:

@@ -15,12 +15,12 @@ import sys
 import time
 from dataclasses import replace
 
-import orjson
 
 from shopstream import services
-from shopstream.runner import FlowProcess, preflight, resolve_flows, start_flow, stop_all
+from shopstream.runner import FlowProcess, preflight, resolve_flows, start_flows, stop_all
 from shopstream.settings import INPUT_TOPICS, Settings
 from state.redis_store import connect
+from state.serde import loads
 
 # Short windows so results show up within seconds, not after a minute.
 DEMO_WINDOW_S = 5
@@ -70,7 +70,7 @@ def _simulator_command(duration_s: float) -> list[str]:
 
 def _window_history(client, settings: Settings, series: str) -> list[dict]:
     members = client.zrange(settings.redis_key(f"{series}:history"), 0, -1)
-    return [orjson.loads(member) for member in members]
+    return [loads(member) for member in members]
 
 
 def render_summary(client, settings: Settings, processes: list[FlowProcess], started: float) -> str:
@@ -130,6 +130,7 @@ def reset_namespace(settings: Settings) -> None:
 
 def run_demo(settings: Settings, duration_s: float, keep_services: bool) -> int:
     settings = demo_settings(settings)
+    already_running = all(s.answering for s in services.status(settings).values())
     print("starting Kafka and Redis (the first run fetches Kafka from Maven Central)...", flush=True)
     services.up(settings)
     reset_namespace(settings)
@@ -139,15 +140,14 @@ def run_demo(settings: Settings, duration_s: float, keep_services: bool) -> int:
     simulator = None
     client = connect(settings)
     try:
-        for flow_name in resolve_flows(None):
-            processes += start_flow(settings, flow_name, log_dir=log_dir)
-        simulator_log = open(log_dir / "simulator.log", "ab")
-        simulator = subprocess.Popen(
-            _simulator_command(duration_s),
-            env={**os.environ, **settings.to_env()},
-            stdout=simulator_log,
-            stderr=subprocess.STDOUT,
-        )
+        processes = start_flows(settings, resolve_flows(None), log_dir)
+        with open(log_dir / "simulator.log", "ab") as simulator_log:
+            simulator = subprocess.Popen(
+                _simulator_command(duration_s),
+                env={**os.environ, **settings.to_env()},
+                stdout=simulator_log,
+                stderr=subprocess.STDOUT,
+            )
         print(f"flows and simulator running; logs in {log_dir}; Ctrl-C stops", flush=True)
         started = time.monotonic()
         while time.monotonic() - started < duration_s:
@@ -164,9 +164,14 @@ def run_demo(settings: Settings, duration_s: float, keep_services: bool) -> int:
         print("stopping...", flush=True)
         if simulator is not None and simulator.poll() is None:
             simulator.terminate()
-            simulator.wait(10)
+            try:
+                simulator.wait(10)
+            except subprocess.TimeoutExpired:
+                simulator.kill()
+                simulator.wait()
         stop_all(processes)
         client.close()
-        if not keep_services:
+        # Services someone started before the demo are theirs to stop.
+        if not keep_services and not already_running:
             services.down(settings)
         print("demo stopped", flush=True)

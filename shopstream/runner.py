@@ -8,6 +8,7 @@ process Bytewax cluster on loopback.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from shopstream.settings import INPUT_TOPICS, OUTPUT_TOPICS, ConfigError, Settings
 from state.flow_metrics import api_env
@@ -125,6 +127,16 @@ class FlowProcess:
     flow_name: str
     process_id: int
     popen: subprocess.Popen
+    log_file: IO[bytes] | None = None
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _stop_when_parent_dies() -> None:
+    """Runs in the child before exec: the kernel sends it SIGTERM if its starter dies,
+    so a killed runner, demo or test never leaves flows running unsupervised."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def start_flow(
@@ -141,23 +153,28 @@ def start_flow(
     prepare_recovery(settings, flow_name)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(settings.processes)]
     env = {**os.environ, **settings.to_env()}
-    started = []
-    for process_id in range(settings.processes):
-        output = None
-        if log_dir is not None:
-            log_dir.mkdir(parents=True, exist_ok=True)
-            output = open(log_dir / f"{flow_name}-{process_id}.log", "ab")
-        process_env = env if api_ports is None else {**env, **api_env(api_ports[process_id])}
-        popen = subprocess.Popen(
-            flow_command(settings, flow_name, process_id, addresses),
-            env=process_env,
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
-            # Own session: a Ctrl-C in the terminal reaches the runner, which stops
-            # the flows itself, instead of interrupting them mid-batch.
-            start_new_session=True,
-        )
-        started.append(FlowProcess(flow_name, process_id, popen))
+    started: list[FlowProcess] = []
+    try:
+        for process_id in range(settings.processes):
+            log_file = None
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                log_file = open(log_dir / f"{flow_name}-{process_id}.log", "ab")
+            process_env = env if api_ports is None else {**env, **api_env(api_ports[process_id])}
+            popen = subprocess.Popen(
+                flow_command(settings, flow_name, process_id, addresses),
+                env=process_env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT if log_file else None,
+                # Own session: a Ctrl-C in the terminal reaches the runner, which stops
+                # the flows itself, instead of interrupting them mid-batch.
+                start_new_session=True,
+                preexec_fn=_stop_when_parent_dies,
+            )
+            started.append(FlowProcess(flow_name, process_id, popen, log_file))
+    except BaseException:
+        stop_all(started)
+        raise
     return started
 
 
@@ -174,13 +191,27 @@ def stop_all(processes: list[FlowProcess], grace_s: float = STOP_GRACE_S) -> Non
         except subprocess.TimeoutExpired:
             proc.popen.kill()
             proc.popen.wait()
+        if proc.log_file is not None:
+            proc.log_file.close()
+
+
+def start_flows(settings: Settings, flow_names: list[str], log_dir: Path | None = None) -> list[FlowProcess]:
+    """Start several flows; if one cannot start, the ones already started are stopped."""
+    processes: list[FlowProcess] = []
+    try:
+        for name in flow_names:
+            processes += start_flow(settings, name, log_dir)
+    except BaseException:
+        stop_all(processes)
+        raise
+    return processes
 
 
 def run_flows(settings: Settings, names: list[str] | None, log_dir: Path | None = None) -> int:
     """Run flows until interrupted or until one fails; returns an exit code."""
     flow_names = resolve_flows(names)
     preflight(settings)
-    processes = [proc for name in flow_names for proc in start_flow(settings, name, log_dir)]
+    processes = start_flows(settings, flow_names, log_dir)
     print(
         f"running {', '.join(flow_names)} ({settings.processes} process(es) x "
         f"{settings.workers_per_process} worker(s) each); recovery in {settings.recovery_dir}",
@@ -192,7 +223,8 @@ def run_flows(settings: Settings, names: list[str] | None, log_dir: Path | None 
         nonlocal stopping
         stopping = True
 
-    previous = signal.signal(signal.SIGTERM, _request_stop)
+    # SIGTERM, or SIGHUP when the terminal goes away: stop the flows, then exit.
+    previous = {sig: signal.signal(sig, _request_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while not stopping:
             for proc in processes:
@@ -203,12 +235,12 @@ def run_flows(settings: Settings, names: list[str] | None, log_dir: Path | None 
                         "stopping the others",
                         file=sys.stderr,
                     )
-                    stop_all(processes)
                     return code or 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-    stop_all(processes)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        stop_all(processes)
     return 0

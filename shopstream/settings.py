@@ -8,6 +8,7 @@ naming the variable and what to put there.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
@@ -51,6 +52,8 @@ class Settings:
     kafka_heap: str = "512m"
     input_window_s: int = 60
     allowed_lateness_s: int = 10
+    max_event_ahead_s: int = 3600
+    idle_key_report_s: int = 3600
     history_length: int = 120
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
@@ -117,6 +120,8 @@ class Settings:
 
     def validate(self) -> None:
         _check_host_port("KAFKA_BOOTSTRAP_SERVERS", self.kafka_bootstrap_servers)
+        if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]", self.kafka_heap):
+            raise ConfigError(f"SHOPSTREAM_KAFKA_HEAP must look like 512m or 2g, got {self.kafka_heap!r}")
         parsed = urlparse(self.redis_url)
         if parsed.scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
@@ -164,6 +169,8 @@ _SPECS = (
     _Spec("kafka_heap", "SHOPSTREAM_KAFKA_HEAP", str),
     _Spec("input_window_s", "SHOPSTREAM_INPUT_WINDOW_S", int, 1),
     _Spec("allowed_lateness_s", "SHOPSTREAM_ALLOWED_LATENESS_S", int, 0),
+    _Spec("max_event_ahead_s", "SHOPSTREAM_MAX_EVENT_AHEAD_S", int, 0),
+    _Spec("idle_key_report_s", "SHOPSTREAM_IDLE_KEY_REPORT_S", int, 0),
     _Spec("history_length", "SHOPSTREAM_HISTORY_LENGTH", int, 1),
 )
 

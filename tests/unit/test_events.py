@@ -124,3 +124,13 @@ def test_encoding_leaves_out_absent_optional_fields():
 def test_raw_text_keeps_utf8_and_base64_encodes_binary():
     assert raw_text("价格".encode()) == ("价格", "utf-8")
     assert raw_text(b"\xff\xfe") == ("//4=", "base64")
+
+
+def test_nested_maps_are_read_only_too():
+    click = parse_event("clickstream", CLICK)
+    payment = parse_event("payments", PAYMENT)
+    with pytest.raises(TypeError):
+        click.experiment["checkout_button"] = "red"
+    with pytest.raises(TypeError):
+        payment.signals["device_risk"] = 0.0
+    assert orjson.loads(encode_event(click))["experiment"] == {"checkout_button": "green"}

@@ -109,3 +109,55 @@ def test_flush_closes_every_open_window():
     closed = counter.flush()
     assert [r.window_start for r in closed] == [0, MINUTE, 2 * MINUTE, 3 * MINUTE]
     assert sum(r.events for r in closed) == 2
+
+
+def test_a_restart_after_downtime_does_not_close_open_windows_early():
+    counter = InputCounter(MINUTE, lateness_ms=1000, key_idle_windows=5)
+    counter.add(tally_batch([click(ts) for ts in range(0, 30_000, 1000)], MINUTE), now_ms=100_000)
+    # Down for ten minutes: restored from the snapshot, then the backlog arrives.
+    counter.resume(now_ms=700_000)
+    assert counter.advance(now_ms=700_001) == []
+    closed = counter.add(tally_batch([click(ts, n=1) for ts in range(30_000, 62_000, 1000)], MINUTE), 700_002)
+    assert counts_by_key(closed)[("input:clickstream", 0)] == (60, 0, 0)
+
+
+def test_backlog_of_old_events_is_not_mistaken_for_a_quiet_stream():
+    counter = InputCounter(MINUTE, lateness_ms=5000, key_idle_windows=5)
+    counter.add(tally_batch([click(MINUTE - 1000)], MINUTE), now_ms=0)
+    # Input keeps arriving (older events from a lagging partition) for two wall minutes.
+    for second in range(1, 120):
+        assert counter.add(tally_batch([click(second, n=second)], MINUTE), now_ms=second * 1000) == []
+
+
+def test_late_events_are_reported_even_when_no_window_is_open():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5)
+    counter.add(tally_batch([click(1), click(MINUTE + 1)], MINUTE), 0)
+    counter.add(tally_batch([click(2, n=1)], MINUTE), 0)
+    closed = counter.flush()
+    assert sum(r.events + r.late_events for r in closed if r.series == "input:clickstream") == 2
+    assert counter.late_events == {}
+
+
+def test_late_events_of_a_key_that_went_idle_are_still_reported():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=1)
+    counter.add(tally_batch([click(1, "web")] + [click(ts, "app") for ts in range(0, 5 * MINUTE, 10_000)], MINUTE), 0)
+    counter.add(tally_batch([click(3, "web", n=1)], MINUTE), 0)  # web went idle long ago
+    closed = counter.add(tally_batch([click(6 * MINUTE, "app")], MINUTE), 0)
+    web = [r for r in closed if r.series == "input:clickstream:channel:web"]
+    assert [(r.window_start, r.late_events) for r in web] == [(4 * MINUTE, 1)]
+
+
+def test_dead_letters_before_the_first_event_join_the_first_window():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5)
+    counter.add(tally_batch([dead(1), dead(2)], MINUTE), now_ms=10**12)  # a replay of old data
+    counter.add(tally_batch([order(5)], MINUTE), now_ms=10**12)
+    closed = counter.flush()
+    assert counts_by_key(closed) == {("input:orders", 0): (1, 2, 0)}
+
+
+def test_a_jump_in_event_time_reports_a_bounded_number_of_windows():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=3)
+    counter.add(tally_batch([order(1)], MINUTE), 0)
+    closed = counter.add(tally_batch([order(30 * 24 * 60 * MINUTE)], MINUTE), 0)  # a month later
+    # The first window, three windows of zeros while the key goes idle, then the jump.
+    assert [r.window_start for r in closed] == [0, MINUTE, 2 * MINUTE, 3 * MINUTE]

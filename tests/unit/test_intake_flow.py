@@ -9,7 +9,14 @@ from state.kafka import InputRecord
 from state.redis_store import AddToHistory, SetLatest
 
 MINUTE = 60_000
-CONFIG = IntakeConfig(window_ms=MINUTE, lateness_ms=0, history_length=10)
+CONFIG = IntakeConfig(
+    window_ms=MINUTE, lateness_ms=0, history_length=10, key_idle_windows=60, max_event_ahead_ms=3_600_000
+)
+NOW_MS = 1_000_000_000  # a fixed wall clock: windows close on event time and at the end of input
+
+
+def fixed_clock() -> int:
+    return NOW_MS
 
 
 def click_bytes(i, ts, channel):
@@ -37,12 +44,16 @@ def build_records():
     records.insert(10, InputRecord("clickstream", 0, 1000, b'{"event_id": "x", "ts": ', 0))
     records.insert(50, InputRecord("clickstream", 0, 1001, click_bytes(9999, "noon", "app"), 0))
     records.insert(90, InputRecord("orders", 1, 7, b"\xff\xfe not utf-8", 0))
+    # Stamped in microseconds: 1000x in the future; it would drag the clock with it.
+    records.insert(120, InputRecord("clickstream", 0, 1002, click_bytes(8888, NOW_MS * 1000, "app"), 0))
     return records
 
 
 def run_intake(records, workers):
     kafka_out, redis_out = [], []
-    flow = build_flow(TestingSource(records, batch_size=16), TestingSink(kafka_out), TestingSink(redis_out), CONFIG)
+    flow = build_flow(
+        TestingSource(records, batch_size=16), TestingSink(kafka_out), TestingSink(redis_out), CONFIG, fixed_clock
+    )
     if workers == 1:
         run_main(flow)
     else:
@@ -55,16 +66,22 @@ def test_counts_every_good_event_and_routes_each_bad_one_once(workers):
     kafka_out, redis_out = run_intake(build_records(), workers)
 
     dead = [orjson.loads(m.value) for m in kafka_out if m.topic == "dead-letters"]
-    assert sorted(d["dead_letter_id"] for d in dead) == ["clickstream:0:1000", "clickstream:0:1001", "orders:1:7"]
+    assert sorted(d["dead_letter_id"] for d in dead) == [
+        "clickstream:0:1000",
+        "clickstream:0:1001",
+        "clickstream:0:1002",
+        "orders:1:7",
+    ]
     by_id = {d["dead_letter_id"]: d for d in dead}
     assert by_id["clickstream:0:1001"]["error"].startswith("field 'ts' must be an integer")
     assert by_id["orders:1:7"]["raw_encoding"] == "base64"
     assert by_id["clickstream:0:1000"]["raw"] == '{"event_id": "x", "ts": '
+    assert "beyond the allowed future" in by_id["clickstream:0:1002"]["error"]
 
     metrics = [orjson.loads(m.value) for m in kafka_out if m.topic == "metrics"]
     totals = {m["window_start"]: m for m in metrics if m["dimension"] == "all" and m["topic"] == "clickstream"}
     assert {start: m["events"] for start, m in totals.items()} == {0: 60, MINUTE: 60, 2 * MINUTE: 60}
-    assert sum(m["dead_letters"] for m in totals.values()) == 2
+    assert sum(m["dead_letters"] for m in totals.values()) == 3
     web = sum(m["events"] for m in metrics if m["value"] == "web")
     assert web == 60
     assert len({m["metric_id"] for m in metrics}) == len(metrics)
@@ -103,7 +120,7 @@ def test_counts_do_not_depend_on_how_upstream_batches_are_grouped():
     second = tally_batch(clicks(2), MINUTE) + tally_batch(clicks(MINUTE * 2 + 1), MINUTE)
 
     def logic():
-        return _InputCountLogic(InputCounter(MINUTE, 0, 5))
+        return _InputCountLogic(InputCounter(MINUTE, 0, 5), fixed_clock)
 
     one_by_one = logic()
     separate = one_by_one.on_batch([first])[0] + one_by_one.on_batch([second])[0]

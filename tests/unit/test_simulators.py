@@ -512,7 +512,8 @@ def test_bad_rate_injects_recorded_bad_events_that_land_in_dead_letters_once():
 
     kafka_out, redis_out = [], []
     flow = build_flow(TestingSource(records, batch_size=500), TestingSink(kafka_out), TestingSink(redis_out),
-                      IntakeConfig(window_ms=MINUTE, lateness_ms=0, history_length=5))
+                      IntakeConfig(window_ms=MINUTE, lateness_ms=0, history_length=5, key_idle_windows=60,
+                                   max_event_ahead_ms=3_600_000))
     run_main(flow)
     dead = [loads(m.value) for m in kafka_out if m.topic == "dead-letters"]
     assert sorted((d["source_topic"], d["offset"]) for d in dead) == sorted(bad_positions)
