@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from shopstream.settings import INPUT_TOPICS, OUTPUT_TOPICS, ConfigError, Settings
+from shopstream.settings import ALL_TOPICS, ConfigError, Settings
 from state.flow_metrics import api_env
 
 # Flow name -> Bytewax import string. Every flow module exposes `flow`.
@@ -105,7 +105,7 @@ def preflight(settings: Settings) -> None:
         ) from None
     missing = [
         settings.topic(name)
-        for name in INPUT_TOPICS + OUTPUT_TOPICS
+        for name in ALL_TOPICS
         if settings.topic(name) not in metadata.topics
     ]
     if missing:

@@ -45,7 +45,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from shopstream.settings import INPUT_TOPICS, OUTPUT_TOPICS, Settings
+from shopstream.settings import ALL_TOPICS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -743,7 +743,7 @@ def create_topics(settings: Settings) -> None:
     broker, so the same call also suits a real cluster.
     """
     admin = _admin_client(settings)
-    wanted = [settings.topic(name) for name in INPUT_TOPICS + OUTPUT_TOPICS]
+    wanted = [settings.topic(name) for name in ALL_TOPICS]
     partitions = settings.topic_partitions
     existing = _partition_counts(admin, settings)
     missing = [NewTopic(name, num_partitions=partitions) for name in wanted if name not in existing]
@@ -782,7 +782,7 @@ def delete_topics(settings: Settings) -> None:
     For throwaway namespaces (the demo, benchmarks); a missing topic is fine.
     """
     admin = _admin_client(settings)
-    wanted = [settings.topic(name) for name in INPUT_TOPICS + OUTPUT_TOPICS]
+    wanted = [settings.topic(name) for name in ALL_TOPICS]
     present = [name for name in wanted if name in _partition_counts(admin, settings)]
     if not present:
         return

@@ -25,6 +25,11 @@ OUTPUT_TOPICS = (
     "dead-letters",
 )
 
+# Topics between our own flows (not part of the contract): detectors publish alert
+# candidates here and the alert router turns them into on-call alerts.
+INTERNAL_TOPICS = ("alert-candidates",)
+ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS + INTERNAL_TOPICS
+
 # librdkafka property families that carry security settings; env vars
 # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_* map onto them.
 _KAFKA_PASSTHROUGH_FAMILIES = ("security.", "sasl.", "ssl.")

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from shopstream import services
-from shopstream.settings import INPUT_TOPICS, OUTPUT_TOPICS, Settings
+from shopstream.settings import ALL_TOPICS, Settings
 from tests.integration.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def test_up_starts_kafka_and_redis_with_every_contract_topic(settings):
 
     assert redis.Redis.from_url(settings.redis_url).ping()
     counts = partition_counts(settings)
-    for name in INPUT_TOPICS + OUTPUT_TOPICS:
+    for name in ALL_TOPICS:
         assert counts.get(settings.topic(name)) == 3, name
     statuses = services.status(settings)
     assert all(entry.running and entry.answering for entry in statuses.values())
