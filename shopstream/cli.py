@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=90.0, help="seconds to run (default 90)")
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
     demo.set_defaults(handler=_cmd_demo)
+    from shopstream import alerts_cli
+
+    alerts_cli.add_arguments(commands)
+
     bench = commands.add_parser("bench", help="measure flows on real Kafka and Redis (see BENCHMARKS.md)")
     bench.add_argument("flows", nargs="*", help="flow names (default: all)")
     bench.add_argument("--events", type=int, default=1_000_000, help="backlog size (default 1,000,000)")

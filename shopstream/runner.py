@@ -25,6 +25,7 @@ from state.flow_metrics import api_env
 # Flow name -> Bytewax import string. Every flow module exposes `flow`.
 FLOWS: dict[str, str] = {
     "intake": "flows.intake:flow",
+    "alerts": "flows.alerts:flow",
 }
 
 # How long a stopping flow may take to exit before it is killed.
@@ -195,12 +196,24 @@ def stop_all(processes: list[FlowProcess], grace_s: float = STOP_GRACE_S) -> Non
             proc.log_file.close()
 
 
+def api_ports(settings: Settings) -> dict[str, list[int]]:
+    """Dataflow API port of every flow process when SHOPSTREAM_FLOW_API_PORT_BASE is set:
+    flow i, process p serves on base + i * processes + p. The alerts flow reads lag there."""
+    if settings.flow_api_port_base <= 0:
+        return {}
+    return {
+        name: [settings.flow_api_port_base + index * settings.processes + p for p in range(settings.processes)]
+        for index, name in enumerate(FLOWS)
+    }
+
+
 def start_flows(settings: Settings, flow_names: list[str], log_dir: Path | None = None) -> list[FlowProcess]:
     """Start several flows; if one cannot start, the ones already started are stopped."""
+    ports = api_ports(settings)
     processes: list[FlowProcess] = []
     try:
         for name in flow_names:
-            processes += start_flow(settings, name, log_dir)
+            processes += start_flow(settings, name, log_dir, api_ports=ports.get(name))
     except BaseException:
         stop_all(processes)
         raise

@@ -59,6 +59,13 @@ class Settings:
     allowed_lateness_s: int = 10
     max_event_ahead_s: int = 3600
     idle_key_report_s: int = 3600
+    alert_escalate_s: int = 300
+    alert_warning_limit_s: int = 1800
+    alert_reminder_s: int = 900
+    alert_traffic_drop_pct: int = 30
+    alert_lag_messages: int = 100_000
+    alert_lag_sustain_s: int = 60
+    flow_api_port_base: int = 0
     history_length: int = 120
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
@@ -132,6 +139,10 @@ class Settings:
             raise ConfigError(
                 f"REDIS_URL must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
             )
+        if not 0 < self.alert_traffic_drop_pct < 100:
+            raise ConfigError(
+                f"SHOPSTREAM_ALERT_TRAFFIC_DROP_PCT must be between 1 and 99, got {self.alert_traffic_drop_pct}"
+            )
         for spec in _SPECS:
             if spec.minimum is not None and getattr(self, spec.name) < spec.minimum:
                 raise ConfigError(
@@ -176,6 +187,13 @@ _SPECS = (
     _Spec("allowed_lateness_s", "SHOPSTREAM_ALLOWED_LATENESS_S", int, 0),
     _Spec("max_event_ahead_s", "SHOPSTREAM_MAX_EVENT_AHEAD_S", int, 0),
     _Spec("idle_key_report_s", "SHOPSTREAM_IDLE_KEY_REPORT_S", int, 0),
+    _Spec("alert_escalate_s", "SHOPSTREAM_ALERT_ESCALATE_S", int, 1),
+    _Spec("alert_warning_limit_s", "SHOPSTREAM_ALERT_WARNING_LIMIT_S", int, 1),
+    _Spec("alert_reminder_s", "SHOPSTREAM_ALERT_REMINDER_S", int, 0),
+    _Spec("alert_traffic_drop_pct", "SHOPSTREAM_ALERT_TRAFFIC_DROP_PCT", int, 1),
+    _Spec("alert_lag_messages", "SHOPSTREAM_ALERT_LAG_MESSAGES", int, 1),
+    _Spec("alert_lag_sustain_s", "SHOPSTREAM_ALERT_LAG_SUSTAIN_S", int, 0),
+    _Spec("flow_api_port_base", "SHOPSTREAM_FLOW_API_PORT_BASE", int, 0),
     _Spec("history_length", "SHOPSTREAM_HISTORY_LENGTH", int, 1),
 )
 

@@ -47,11 +47,37 @@ return 0
 """
 
 
+# Delete a key holding a JSON object unless it names a newer ordering value in
+# `field` (an acknowledgement given for a later alert episode survives a replayed resolve).
+_DELETE_UNLESS_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if not current then
+  return 0
+end
+local ok, obj = pcall(cjson.decode, current)
+if ok and type(obj) == 'table' and tonumber(obj[ARGV[1]]) and tonumber(obj[ARGV[1]]) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# Replace a whole hash in one step: readers never see a mix of old and new fields,
+# and fields the new value leaves out (optional ones) do not linger.
+_REPLACE_HASH = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 class _Scripts:
     def __init__(self, client: redis.Redis):
+        self.delete_unless_newer = client.register_script(_DELETE_UNLESS_NEWER)
         self.set_if_newer = client.register_script(_SET_IF_NEWER)
         self.stream_add_once = client.register_script(_STREAM_ADD_ONCE)
         self.set_in_history = client.register_script(_SET_IN_HISTORY)
+        self.replace_hash = client.register_script(_REPLACE_HASH)
 
 
 class RedisWrite(Protocol):
@@ -101,6 +127,18 @@ class SetHash:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceHash:
+    """The hash becomes exactly `fields` (absolute values; fields left out are removed)."""
+
+    key: str
+    fields: Mapping[str, str | int | float]
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        flat = [part for pair in self.fields.items() for part in pair]
+        scripts.replace_hash(keys=[prefix + self.key], args=flat, client=pipe)
+
+
+@dataclass(frozen=True, slots=True)
 class StreamAddOnce:
     """Append `fields` to a stream once per `dedupe_key`, even across replays."""
 
@@ -117,6 +155,62 @@ class StreamAddOnce:
             args=[self.dedupe_ttl_s, self.max_len, *flat],
             client=pipe,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SetHashField:
+    """One field of a hash set to an absolute value (e.g. `alerts:active` dedup_key -> JSON)."""
+
+    key: str
+    field: str
+    value: bytes | str
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        pipe.hset(prefix + self.key, self.field, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteHashField:
+    """One field removed from a hash; removing it again is a no-op."""
+
+    key: str
+    field: str
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        pipe.hdel(prefix + self.key, self.field)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteUnlessNewer:
+    """Delete `key` (a JSON object) unless its `field` is greater than `order`.
+
+    Keys without that field, or not JSON at all, are deleted."""
+
+    key: str
+    field: str
+    order: int
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        scripts.delete_unless_newer(keys=[prefix + self.key], args=[self.field, self.order], client=pipe)
+
+
+class KeyReader:
+    """Batched reads for a flow step: one MGET per call, connected on first use."""
+
+    def __init__(self, settings: Settings):
+        self._settings = settings
+        self._client: redis.Redis | None = None
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        if self._client is None:
+            self._client = connect(self._settings)
+        prefix = self._settings.redis_prefix
+        return self._client.mget([prefix + key for key in keys])
+
+    def __getstate__(self) -> dict:
+        return {"_settings": self._settings, "_client": None}  # never pickle a connection
 
 
 def connect(settings: Settings) -> redis.Redis:

@@ -1,0 +1,380 @@
+"""alerts: the on-call router, and the detectors no other flow owns.
+
+Reads the internal `alert-candidates` topic (every detector's candidates) and the
+intake flow's `{"metric": "input"}` windows on `metrics`; owns the contract's
+`alerts` topic and the Redis keys `alerts:active`, `stream:alerts` and (clearing
+only) `alerts:ack:{dedup_key}`.
+
+    records ─ decode ─┬─ input windows ─┬─ detectors (traffic.drop, input.dead_letters) ─┐
+                      │                 └─ stream ticks ───────────────────────────────┤
+      lag poller ─────┼──────────────────── detectors (lag) ──────────────────────────┤
+                      └─ candidates ──────────────────────────────────────────────── router ─ alerts, Redis
+
+Both stateful steps hold one key (`all`): the whole alert volume is small (a storm
+of 100,000 candidates a minute is ~1,700/s, coalesced per batch), and one owner
+gives one stream-wide event-time clock for escalations and reminders.
+
+Run it the Bytewax way: `python -m bytewax.run flows.alerts:flow -r DIR -s 5 -b 0`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Sequence
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import DynamicSource, Source, StatelessSourcePartition
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from operators.alert_detectors import (
+    DeadLetterConfig,
+    DeadLetterDetector,
+    InputDetectors,
+    InputWindow,
+    LagConfig,
+    LagDetector,
+    LagSample,
+    TrafficDropConfig,
+    TrafficDropDetector,
+)
+from operators.alert_router import (
+    Ack,
+    AckCleared,
+    AckLookup,
+    ActiveAlert,
+    AlertMessage,
+    AlertRouter,
+    RouterConfig,
+    RouterOutput,
+    StreamTick,
+)
+from operators.alerts import AlertCandidate
+from operators.clock import from_ms
+from shopstream.settings import Settings
+from state.alert_candidates import TOPIC as CANDIDATES_TOPIC
+from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
+from state.redis_store import (
+    DeleteHashField,
+    DeleteUnlessNewer,
+    KeyReader,
+    RedisSink,
+    RedisWrite,
+    SetHashField,
+    StreamAddOnce,
+)
+from state.serde import dumps, loads
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]  # wall-clock milliseconds since the epoch
+
+INPUT_TOPICS = (CANDIDATES_TOPIC, "metrics")
+ACTIVE_KEY = "alerts:active"
+STREAM_KEY = "stream:alerts"
+
+
+def ack_key(dedup_key: str) -> str:
+    return f"alerts:ack:{dedup_key}"
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    router: RouterConfig = field(default_factory=RouterConfig)
+    traffic: TrafficDropConfig = field(default_factory=TrafficDropConfig)
+    dead_letters: DeadLetterConfig = field(default_factory=DeadLetterConfig)
+    lag: LagConfig = field(default_factory=LagConfig)
+    lag_endpoints: tuple[tuple[str, int], ...] = ()  # (flow name, dataflow API port on loopback)
+    lag_poll_ms: int = 5_000
+    # `stream:alerts` dedupe keys must outlive the longest replay after a crash.
+    stream_dedupe_ttl_s: int = 7 * 24 * 3600
+    stream_max_len: int = 100_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "AlertsConfig":
+        return cls(
+            router=RouterConfig(
+                escalate_after_ms=settings.alert_escalate_s * 1000,
+                warning_limit_ms=settings.alert_warning_limit_s * 1000,
+                reminder_ms=settings.alert_reminder_s * 1000,
+            ),
+            traffic=TrafficDropConfig(drop_ratio=settings.alert_traffic_drop_pct / 100),
+            lag=LagConfig(
+                threshold_messages=settings.alert_lag_messages,
+                sustain_ms=settings.alert_lag_sustain_s * 1000,
+            ),
+            lag_endpoints=lag_endpoints(settings),
+        )
+
+
+def lag_endpoints(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """(flow, port) of every flow process's dataflow API, as `shopstream run` assigns them."""
+    from shopstream.runner import api_ports
+
+    return tuple((name, port) for name, ports in api_ports(settings).items() for port in ports)
+
+
+# -- decoding ---------------------------------------------------------------------------------
+
+Decoded = AlertCandidate | InputWindow
+
+
+def decode_batch(records: list[InputRecord]) -> list[Decoded]:
+    """Candidates and input windows; anything else on these topics is skipped.
+
+    Both topics are written by our own flows: a record that does not decode is a
+    bug to log, never a reason to stop paging."""
+    out: list[Decoded] = []
+    for record in records:
+        try:
+            obj = loads(record.value)
+            if record.topic == CANDIDATES_TOPIC:
+                out.append(AlertCandidate.from_dict(obj))
+            elif obj.get("metric") == "input":
+                out.append(InputWindow.from_dict(obj))
+        except Exception as err:  # noqa: BLE001 - any malformed record is skipped, loudly
+            log.warning("skipping unusable %s record %d:%d: %s", record.topic, record.partition, record.offset, err)
+    return out
+
+
+# -- acknowledgements -------------------------------------------------------------------------
+
+
+def redis_ack_lookup(reader: KeyReader) -> AckLookup:
+    """Acknowledgements for a few dedup keys in one MGET.
+
+    If Redis cannot be read the alerts count as unacknowledged: a page too many
+    beats a silent pager. Reading live state makes a replay see acks given since;
+    that can only stop a repeat, never invent a page, and every id stays the same."""
+
+    def lookup(dedup_keys: Sequence[str]) -> dict[str, Ack]:
+        keys = list(dedup_keys)
+        try:
+            values = reader.get_many([ack_key(k) for k in keys])
+        except Exception as err:  # noqa: BLE001 - redis-py raises many kinds
+            log.warning("cannot read acknowledgements, treating %d alert(s) as unacknowledged: %s", len(keys), err)
+            return {}
+        return {key: parse_ack(value) for key, value in zip(keys, values) if value is not None}
+
+    return lookup
+
+
+def parse_ack(value: bytes) -> Ack:
+    """`{"first_seen_ts": ...}` from `shopstream alerts ack`, or anything (e.g. "1") by hand."""
+    try:
+        obj = loads(value)
+        return Ack(int(obj["first_seen_ts"]))
+    except Exception:  # noqa: BLE001 - a bare value acknowledges the open episode
+        return Ack(None)
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def router_outputs(item: RouterOutput, config: AlertsConfig) -> tuple[list[OutboundMessage], list[RedisWrite]]:
+    if isinstance(item, AlertMessage):
+        payload = dumps(item.to_dict())
+        return [OutboundMessage("alerts", item.dedup_key.encode(), payload)], [
+            StreamAddOnce(
+                dedupe_key=f"alerts:sent:{item.alert_id}",
+                stream=STREAM_KEY,
+                fields={
+                    "alert_id": item.alert_id,
+                    "dedup_key": item.dedup_key,
+                    "status": item.status,
+                    "severity": item.severity,
+                    "alert": payload.decode(),
+                },
+                dedupe_ttl_s=config.stream_dedupe_ttl_s,
+                max_len=config.stream_max_len,
+            )
+        ]
+    if isinstance(item, ActiveAlert):
+        if item.alert is None:
+            return [], [DeleteHashField(ACTIVE_KEY, item.dedup_key)]
+        return [], [SetHashField(ACTIVE_KEY, item.dedup_key, dumps(item.alert.to_dict()))]
+    if isinstance(item, AckCleared):
+        return [], [DeleteUnlessNewer(ack_key(item.dedup_key), "first_seen_ts", item.first_seen_ts)]
+    raise TypeError(f"unexpected router output {item!r}")
+
+
+# -- Bytewax adapters -------------------------------------------------------------------------
+
+
+class _RouterLogic(StatefulBatchLogic[AlertCandidate | StreamTick, RouterOutput, AlertRouter]):
+    """Bytewax adapter around the pure `AlertRouter`; wall time and Redis enter only here."""
+
+    def __init__(self, router: AlertRouter, now_ms: Clock, acks: AckLookup):
+        self._router = router
+        self._now_ms = now_ms
+        self._acks = acks
+
+    def on_batch(self, values):
+        return self._router.add(values, self._now_ms(), self._acks), self.RETAIN
+
+    def on_notify(self):
+        return self._router.advance(self._now_ms(), self._acks), self.RETAIN
+
+    def on_eof(self):
+        return self._router.advance(self._now_ms(), self._acks), self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        wake = self._router.next_wake_ms(self._now_ms())
+        return None if wake is None else from_ms(wake)
+
+    def snapshot(self) -> AlertRouter:
+        return copy.deepcopy(self._router)
+
+
+class _DetectorLogic(StatefulBatchLogic[InputWindow | LagSample, AlertCandidate, InputDetectors]):
+    def __init__(self, detectors: InputDetectors, now_ms: Clock):
+        self._detectors = detectors
+        self._now_ms = now_ms
+
+    def on_batch(self, values):
+        return self._detectors.add(values, self._now_ms()), self.RETAIN
+
+    def snapshot(self) -> InputDetectors:
+        return copy.deepcopy(self._detectors)
+
+
+def router_for(resumed: AlertRouter | None, config: AlertsConfig, now_ms: int) -> AlertRouter:
+    """The resumed router under the current configuration (timers already set keep theirs)."""
+    if resumed is None:
+        return AlertRouter(config.router)
+    resumed.config = config.router
+    resumed.resume(now_ms)
+    return resumed
+
+
+def detectors_for(resumed: InputDetectors | None, config: AlertsConfig, now_ms: int) -> InputDetectors:
+    if resumed is None:
+        return InputDetectors(
+            TrafficDropDetector(config.traffic), DeadLetterDetector(config.dead_letters), LagDetector(config.lag)
+        )
+    resumed.traffic.config = config.traffic
+    resumed.dead_letters.config = config.dead_letters
+    resumed.lag.config = config.lag
+    resumed.resume(now_ms)
+    return resumed
+
+
+# -- lag poller -------------------------------------------------------------------------------
+
+
+LagFetch = Callable[[int], dict]  # port -> {(topic, partition): messages behind}
+
+
+class _LagPartition(StatelessSourcePartition[LagSample]):
+    def __init__(self, endpoints, interval_ms: int, fetch: LagFetch, now_ms: Clock):
+        self._endpoints = endpoints
+        self._interval_ms = interval_ms
+        self._fetch = fetch
+        self._now_ms = now_ms
+        self._next_poll = now_ms()
+
+    def next_batch(self) -> list[LagSample]:
+        now = self._now_ms()
+        if now < self._next_poll:
+            return []
+        self._next_poll = now + self._interval_ms
+        totals: dict[str, float] = {}
+        for flow_name, port in self._endpoints:
+            try:
+                lag = self._fetch(port)
+            except Exception as err:  # noqa: BLE001 - a flow that is down or starting has no lag to read
+                log.debug("no lag from %s on port %d: %s", flow_name, port, err)
+                continue
+            totals[flow_name] = totals.get(flow_name, 0.0) + sum(lag.values())
+        return [LagSample(now, name, total) for name, total in totals.items()]
+
+    def next_awake(self) -> datetime | None:
+        return datetime.fromtimestamp(self._next_poll / 1000, tz=timezone.utc)
+
+
+class LagSource(DynamicSource[LagSample]):
+    """Polls each flow's dataflow API (`bytewax_kafka_consumer_lag`); worker 0 only."""
+
+    def __init__(self, endpoints, interval_ms: int, fetch: LagFetch | None = None, now_ms: Clock = wall_clock_ms):
+        self._endpoints = tuple(endpoints)
+        self._interval_ms = interval_ms
+        self._fetch = fetch
+        self._now_ms = now_ms
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LagPartition:
+        from state.flow_metrics import consumer_lag
+
+        endpoints = self._endpoints if worker_index == 0 else ()
+        return _LagPartition(endpoints, self._interval_ms, self._fetch or consumer_lag, self._now_ms)
+
+
+# -- the flow ---------------------------------------------------------------------------------
+
+
+def build_flow(
+    records: Source[InputRecord],
+    kafka_sink: Sink[OutboundMessage],
+    redis_sink: Sink[RedisWrite],
+    config: AlertsConfig,
+    now_ms: Clock = wall_clock_ms,
+    acks: AckLookup | None = None,
+    lag_samples: Source[LagSample] | None = None,
+) -> Dataflow:
+    from operators.alert_router import no_acks
+
+    acks = acks or no_acks
+    flow = Dataflow("alerts")
+    decoded = op.flat_map_batch("decode", op.input("records", flow, records), decode_batch)
+    candidates = op.filter("candidates", decoded, lambda item: isinstance(item, AlertCandidate))
+    windows = op.filter("windows", decoded, lambda item: isinstance(item, InputWindow))
+    detector_input = windows
+    if lag_samples is not None:
+        detector_input = op.merge("detector_input", windows, op.input("lag", flow, lag_samples))
+    own_candidates = op.stateful_batch(
+        "detectors",
+        op.key_on("detectors_all", detector_input, lambda _: "all"),
+        lambda resumed: _DetectorLogic(detectors_for(resumed, config, now_ms()), now_ms),
+    )
+    # Closed input windows carry the stream's event time to the router even when no
+    # candidate arrives, so escalations and reminders keep event time on a replay.
+    ticks = op.map("ticks", windows, lambda window: StreamTick(window.window_end))
+    router_input = op.merge("router_input", candidates, op.key_rm("detectors_unkey", own_candidates), ticks)
+    routed = op.stateful_batch(
+        "router",
+        op.key_on("router_all", router_input, lambda _: "all"),
+        lambda resumed: _RouterLogic(router_for(resumed, config, now_ms()), now_ms, acks),
+    )
+    outputs = op.map("outputs", op.key_rm("router_unkey", routed), lambda item: router_outputs(item, config))
+    op.output("kafka", op.flat_map("alert_msgs", outputs, lambda out: out[0]), kafka_sink)
+    op.output("redis", op.flat_map("alert_writes", outputs, lambda out: out[1]), redis_sink)
+    return flow
+
+
+def flow_from_settings(settings: Settings) -> Dataflow:
+    config = AlertsConfig.from_settings(settings)
+    lag = LagSource(config.lag_endpoints, config.lag_poll_ms) if config.lag_endpoints else None
+    return build_flow(
+        KafkaInputSource(settings, INPUT_TOPICS),
+        KafkaOutputSink(settings),
+        RedisSink(settings),
+        config,
+        acks=redis_ack_lookup(KeyReader(settings)),
+        lag_samples=lag,
+    )
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `python -m bytewax.run flows.alerts:flow` builds the flow from the environment
+    # on first access, so importing this module for tests needs no configuration.
+    if name == "flow":
+        return flow_from_settings(Settings.from_env())
+    raise AttributeError(name)

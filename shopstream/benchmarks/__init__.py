@@ -1,0 +1,1 @@
+"""Per-flow benchmarks: `python -m shopstream.benchmarks.<flow>`."""
