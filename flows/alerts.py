@@ -210,41 +210,55 @@ def router_outputs(item: RouterOutput, config: AlertsConfig) -> tuple[list[Outbo
 # -- Bytewax adapters -------------------------------------------------------------------------
 
 
-class _RouterLogic(StatefulBatchLogic[AlertCandidate | StreamTick, RouterOutput, AlertRouter]):
-    """Bytewax adapter around the pure `AlertRouter`; wall time and Redis enter only here."""
+@dataclass
+class AlertingState:
+    detectors: InputDetectors
+    router: AlertRouter
 
-    def __init__(self, router: AlertRouter, now_ms: Clock, acks: AckLookup):
-        self._router = router
+
+class _AlertingLogic(StatefulBatchLogic[Decoded | LagSample, RouterOutput, AlertingState]):
+    """Bytewax adapter: the detectors and the router in one step, fed in input order,
+    so what the router sees never depends on how two paths interleave (one worker or
+    several). Wall time and Redis enter only here."""
+
+    def __init__(self, state: AlertingState, now_ms: Clock, acks: AckLookup):
+        self._state = state
         self._now_ms = now_ms
         self._acks = acks
 
     def on_batch(self, values):
-        return self._router.add(values, self._now_ms(), self._acks), self.RETAIN
+        now = self._now_ms()
+        router_input: list[AlertCandidate | StreamTick] = []
+        for value in values:
+            if isinstance(value, AlertCandidate):
+                router_input.append(value)
+                continue
+            router_input.extend(self._state.detectors.add([value], now))
+            if isinstance(value, InputWindow):
+                # Closed input windows carry the stream's event time to the router even
+                # when no candidate arrives, so escalations and reminders keep event time.
+                router_input.append(StreamTick(value.window_end))
+        return self._state.router.add(router_input, now, self._acks), self.RETAIN
 
     def on_notify(self):
-        return self._router.advance(self._now_ms(), self._acks), self.RETAIN
+        return self._state.router.advance(self._now_ms(), self._acks), self.RETAIN
 
     def on_eof(self):
-        return self._router.advance(self._now_ms(), self._acks), self.RETAIN
+        return self._state.router.advance(self._now_ms(), self._acks), self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        wake = self._router.next_wake_ms(self._now_ms())
+        wake = self._state.router.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
-    def snapshot(self) -> AlertRouter:
-        return copy.deepcopy(self._router)
+    def snapshot(self) -> AlertingState:
+        return copy.deepcopy(self._state)
 
 
-class _DetectorLogic(StatefulBatchLogic[InputWindow | LagSample, AlertCandidate, InputDetectors]):
-    def __init__(self, detectors: InputDetectors, now_ms: Clock):
-        self._detectors = detectors
-        self._now_ms = now_ms
-
-    def on_batch(self, values):
-        return self._detectors.add(values, self._now_ms()), self.RETAIN
-
-    def snapshot(self) -> InputDetectors:
-        return copy.deepcopy(self._detectors)
+def alerting_for(resumed: AlertingState | None, config: AlertsConfig, now_ms: int) -> AlertingState:
+    return AlertingState(
+        detectors=detectors_for(resumed.detectors if resumed else None, config, now_ms),
+        router=router_for(resumed.router if resumed else None, config, now_ms),
+    )
 
 
 def router_for(resumed: AlertRouter | None, config: AlertsConfig, now_ms: int) -> AlertRouter:
@@ -334,26 +348,14 @@ def build_flow(
     acks = acks or no_acks
     flow = Dataflow("alerts")
     decoded = op.flat_map_batch("decode", op.input("records", flow, records), decode_batch)
-    candidates = op.filter("candidates", decoded, lambda item: isinstance(item, AlertCandidate))
-    windows = op.filter("windows", decoded, lambda item: isinstance(item, InputWindow))
-    detector_input = windows
     if lag_samples is not None:
-        detector_input = op.merge("detector_input", windows, op.input("lag", flow, lag_samples))
-    own_candidates = op.stateful_batch(
-        "detectors",
-        op.key_on("detectors_all", detector_input, lambda _: "all"),
-        lambda resumed: _DetectorLogic(detectors_for(resumed, config, now_ms()), now_ms),
-    )
-    # Closed input windows carry the stream's event time to the router even when no
-    # candidate arrives, so escalations and reminders keep event time on a replay.
-    ticks = op.map("ticks", windows, lambda window: StreamTick(window.window_end))
-    router_input = op.merge("router_input", candidates, op.key_rm("detectors_unkey", own_candidates), ticks)
+        decoded = op.merge("with_lag", decoded, op.input("lag", flow, lag_samples))
     routed = op.stateful_batch(
-        "router",
-        op.key_on("router_all", router_input, lambda _: "all"),
-        lambda resumed: _RouterLogic(router_for(resumed, config, now_ms()), now_ms, acks),
+        "alerting",
+        op.key_on("all", decoded, lambda _: "all"),
+        lambda resumed: _AlertingLogic(alerting_for(resumed, config, now_ms()), now_ms, acks),
     )
-    outputs = op.map("outputs", op.key_rm("router_unkey", routed), lambda item: router_outputs(item, config))
+    outputs = op.map("outputs", op.key_rm("unkey", routed), lambda item: router_outputs(item, config))
     op.output("kafka", op.flat_map("alert_msgs", outputs, lambda out: out[0]), kafka_sink)
     op.output("redis", op.flat_map("alert_writes", outputs, lambda out: out[1]), redis_sink)
     return flow

@@ -9,8 +9,9 @@ time, so a replay closes windows on event time alone, like the live run did.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Hashable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -25,14 +26,29 @@ def from_ms(ms: int) -> datetime:
 
 @dataclass
 class StreamClock:
-    lateness_ms: int
-    max_event_ms: int | None = None
-    last_input_wall_ms: int = 0  # wall time the last input arrived (or the flow resumed)
+    """Event time across the whole stream.
 
-    def observe(self, event_ms: int, now_ms: int) -> None:
+    With sources (e.g. input partitions), the clock follows the slowest source that
+    is still delivering: when a backlog is read, fast partitions must not close the
+    windows that slow partitions are still filling. A source that has delivered
+    nothing for `idle_source_ms` of wall time stops holding the clock back. Without
+    sources, the clock follows the largest event time seen.
+    """
+
+    lateness_ms: int
+    idle_source_ms: int = 0
+    max_event_ms: int | None = None  # the largest event time seen from any source
+    last_input_wall_ms: int = 0  # wall time the last input arrived (or the flow resumed)
+    sources: dict[Hashable, tuple[int, int]] = field(default_factory=dict)  # -> (max event ms, wall ms)
+
+    def observe(self, event_ms: int, now_ms: int, source: Hashable = None) -> None:
         """An event arrived: its time may move the clock forward."""
         if self.max_event_ms is None or event_ms > self.max_event_ms:
             self.max_event_ms = event_ms
+        if source is not None:
+            previous = self.sources.get(source)
+            latest = event_ms if previous is None else max(previous[0], event_ms)
+            self.sources[source] = (latest, now_ms)
         self.touch(now_ms)
 
     def touch(self, now_ms: int) -> None:
@@ -43,16 +59,23 @@ class StreamClock:
         """
         self.last_input_wall_ms = now_ms
 
+    def _delivering(self, now_ms: int) -> list[int]:
+        return [latest for latest, wall in self.sources.values() if now_ms - wall < self.idle_source_ms]
+
     def watermark(self, now_ms: int) -> int | None:
         """Event time up to which the stream is considered complete; None before any event."""
         if self.max_event_ms is None:
             return None
+        delivering = self._delivering(now_ms)
+        if delivering:
+            return min(delivering) - self.lateness_ms
         quiet_for = max(0, now_ms - self.last_input_wall_ms)
         return self.max_event_ms + quiet_for - self.lateness_ms
 
     def wall_time_when(self, event_ms: int, now_ms: int) -> int | None:
         """Wall-clock ms at which the watermark reaches `event_ms` if nothing else arrives."""
-        watermark = self.watermark(now_ms)
-        if watermark is None:
+        if self.max_event_ms is None:
             return None
-        return now_ms + max(0, event_ms - watermark)
+        all_idle_at = max((wall + self.idle_source_ms for _, wall in self.sources.values()), default=now_ms)
+        reached_at = self.last_input_wall_ms + event_ms + self.lateness_ms - self.max_event_ms
+        return max(now_ms, all_idle_at, reached_at)

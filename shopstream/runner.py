@@ -25,6 +25,7 @@ from state.flow_metrics import api_env
 # Flow name -> Bytewax import string. Every flow module exposes `flow`.
 FLOWS: dict[str, str] = {
     "intake": "flows.intake:flow",
+    "stock": "flows.stock:flow",
     "alerts": "flows.alerts:flow",
 }
 

@@ -66,6 +66,15 @@ class Settings:
     alert_lag_messages: int = 100_000
     alert_lag_sustain_s: int = 60
     flow_api_port_base: int = 0
+    stock_buckets: int = 16
+    stock_retention_s: int = 600
+    stock_default_safety_stock: int = 0
+    stock_urgent_percent: int = 50
+    stock_urgent_minutes: int = 30
+    stock_velocity_window_s: int = 300
+    stock_velocity_min_units: int = 5
+    stock_replenish_cover_min: int = 120
+    stock_caught_up_s: int = 5
     history_length: int = 120
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
@@ -194,6 +203,15 @@ _SPECS = (
     _Spec("alert_lag_messages", "SHOPSTREAM_ALERT_LAG_MESSAGES", int, 1),
     _Spec("alert_lag_sustain_s", "SHOPSTREAM_ALERT_LAG_SUSTAIN_S", int, 0),
     _Spec("flow_api_port_base", "SHOPSTREAM_FLOW_API_PORT_BASE", int, 0),
+    _Spec("stock_buckets", "SHOPSTREAM_STOCK_BUCKETS", int, 1),
+    _Spec("stock_retention_s", "SHOPSTREAM_STOCK_RETENTION_S", int, 0),
+    _Spec("stock_default_safety_stock", "SHOPSTREAM_STOCK_DEFAULT_SAFETY_STOCK", int, 0),
+    _Spec("stock_urgent_percent", "SHOPSTREAM_STOCK_URGENT_PERCENT", int, 0),
+    _Spec("stock_urgent_minutes", "SHOPSTREAM_STOCK_URGENT_MINUTES", int, 0),
+    _Spec("stock_velocity_window_s", "SHOPSTREAM_STOCK_VELOCITY_WINDOW_S", int, 10),
+    _Spec("stock_velocity_min_units", "SHOPSTREAM_STOCK_VELOCITY_MIN_UNITS", int, 1),
+    _Spec("stock_replenish_cover_min", "SHOPSTREAM_STOCK_REPLENISH_COVER_MIN", int, 1),
+    _Spec("stock_caught_up_s", "SHOPSTREAM_STOCK_CAUGHT_UP_S", int, 1),
     _Spec("history_length", "SHOPSTREAM_HISTORY_LENGTH", int, 1),
 )
 

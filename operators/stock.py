@@ -1,0 +1,648 @@
+"""The stock ledger: per SKU and pool, available and reserved units, levels, alert candidates.
+
+Pure logic, no Bytewax. The flow feeds `StockLedger.add` batches of `StockLine`s
+(one per inventory event, one per SKU and pool of an order event) for the SKUs of
+one bucket.
+
+Ledger rules (what `stock:{sku}` means):
+- inventory `set` makes a pool's *available* (unreserved, sellable) units the
+  given quantity; `restock` adds, `adjust` adds a signed delta.
+- an order `created` reserves: available -= q, reserved += q. Its first terminal
+  status in event time decides the rest: `paid` commits (reserved -= q, the units
+  are sold), `cancelled` releases (reserved -= q, available += q), `refunded`
+  releases a reservation still held; a refund of a paid order moves no stock
+  (returns come back through inspection, as an inventory event).
+
+Exact whatever the arrival order within the allowed lateness:
+- An order's effect per SKU and pool is a function of the *set* of statuses seen
+  (`_Hold.entries`), not of their arrival order. Each new status recomputes the
+  order's ledger entries and applies only the difference, so a `paid` before its
+  `created`, a `cancelled` that turns out to follow a `paid`, or a duplicate event
+  never counts twice.
+- Deltas commute; only `set` does not. A `set` at time T absorbs every delta
+  stamped before T. Each pool keeps the deltas of the last lateness window, so a
+  late `set` is rebased on exactly the deltas stamped at or after it, and a late
+  delta stamped before the current `set` is absorbed, not applied.
+- Restock and adjust events are deduplicated by `event_id` (a set is idempotent).
+- An order's state is dropped once it is finished and the low watermark is a
+  retention period past its last event (bounded memory); open reservations stay.
+
+The low watermark is not the stream's latest event time minus the lateness: when
+a flow catches up on a backlog (a first start, a restart after a crash), one
+input partition can run hours of event time ahead of another, and a `set` read
+late from the slow one must still find the deltas stamped after it. So the
+ledger tracks each input partition's latest event time and forgets only what is
+older than the slowest partition that still delivers (minus the lateness). A
+partition that has delivered nothing for a few seconds of wall time has no backlog
+and does not hold the others back; nothing is forgotten in the first seconds after
+a start, before every partition has had its turn.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from operators.alerts import AlertCandidate
+from operators.clock import StreamClock
+from operators.events import InventoryEvent, OrderEvent
+
+LEVELS = ("safe", "warning", "urgent", "out")
+_SEVERITY_OF_LEVEL = {level: rank for rank, level in enumerate(LEVELS)}
+ORDER_KINDS = frozenset({"created", "paid", "cancelled", "refunded"})
+_TERMINAL_RANK = {"paid": 0, "cancelled": 1, "refunded": 2}  # same instant: paid wins
+RUNBOOK = "Check the SKU's open purchase orders; restock or pause its promotion."
+
+
+class StockLine(NamedTuple):
+    """One change for one SKU and pool. A NamedTuple: built per order line, kept cheap."""
+
+    sku: str
+    ts: int
+    kind: str  # set | restock | adjust | created | paid | cancelled | refunded
+    pool: str  # spot | presale
+    quantity: int  # order lines: units of the SKU in the order; adjust: signed delta
+    ref: str  # order_id for order lines, event_id for inventory
+    safety_stock: int | None = None
+
+
+def order_lines(event: OrderEvent) -> list[StockLine]:
+    """An order event fans out to one line per SKU and pool (repeated items summed)."""
+    if len(event.items) == 1:
+        item = event.items[0]
+        return [StockLine(item.sku, event.ts, event.status, item.pool, item.quantity, event.order_id)]
+    units: dict[tuple[str, str], int] = {}
+    for item in event.items:
+        key = (item.sku, item.pool)
+        units[key] = units.get(key, 0) + item.quantity
+    return [StockLine(sku, event.ts, event.status, pool, q, event.order_id) for (sku, pool), q in units.items()]
+
+
+def inventory_line(event: InventoryEvent) -> StockLine:
+    return StockLine(event.sku, event.ts, event.kind, event.pool, event.quantity, event.event_id, event.safety_stock)
+
+
+@dataclass(frozen=True)
+class StockRules:
+    """How levels, velocity and suggestions are judged; all in event time."""
+
+    lateness_ms: int = 10_000
+    retention_ms: int = 600_000  # finished orders are remembered this long past the watermark (>= lateness)
+    default_safety_stock: int = 0  # for pools whose inventory never carried safety_stock
+    urgent_fraction: float = 0.5  # urgent at or below this share of the safety stock
+    urgent_minutes: float = 30.0  # ... or when projected to run out within this many minutes
+    velocity_window_ms: int = 300_000  # sales velocity over this much recent event time
+    velocity_slots: int = 10
+    velocity_min_units: int = 5  # fewer units sold in the window: too few to project from
+    replenish_cover_minutes: float = 120.0  # a suggestion covers this long at the current velocity
+    caught_up_after_ms: int = 5_000  # wall time: an input partition silent this long has no backlog
+
+    @property
+    def slot_ms(self) -> int:
+        return max(1, self.velocity_window_ms // self.velocity_slots)
+
+
+class _Pool:
+    """One SKU's spot or pre-sale stock."""
+
+    __slots__ = ("available", "reserved", "set_ts", "log", "safety_stock", "safety_ts", "sales", "seen_events",
+                 "tracked")
+
+    def __init__(self) -> None:
+        self.available = 0
+        self.reserved = 0
+        self.set_ts: int | None = None  # event time of the `set` the level is based on
+        self.log: deque[tuple[int, int]] = deque()  # (ts, delta) applied since, within lateness
+        self.safety_stock: int | None = None
+        self.safety_ts = -1
+        self.sales: dict[int, int] = {}  # velocity slot start -> units reserved
+        self.seen_events: dict[str, int] = {}  # restock/adjust event_id -> ts (dedupe)
+        self.tracked = False  # inventory has told us about this pool
+
+    def apply(self, ts: int, delta: int) -> bool:
+        if self.set_ts is not None and ts < self.set_ts:
+            return False  # the later count already includes it
+        self.available += delta
+        self.log.append((ts, delta))
+        return True
+
+    def unapply(self, ts: int, delta: int) -> None:
+        if self.set_ts is not None and ts < self.set_ts:
+            return
+        self.available -= delta
+        try:
+            self.log.remove((ts, delta))
+        except ValueError:
+            pass  # older than the lateness window: already pruned
+
+    def set(self, ts: int, quantity: int) -> None:
+        if self.set_ts is not None and ts < self.set_ts:
+            return  # an older count, superseded
+        self.set_ts = ts
+        self.log = deque(entry for entry in self.log if entry[0] >= ts)
+        self.available = quantity + sum(delta for _, delta in self.log)
+
+    def prune(self, watermark: int, retention_ms: int) -> None:
+        """Forget deltas no `set` within the lateness can need, and old inventory event ids."""
+        log = self.log
+        while log and log[0][0] < watermark:
+            log.popleft()
+        if len(self.seen_events) > 64:
+            horizon = watermark - retention_ms
+            self.seen_events = {e: ts for e, ts in self.seen_events.items() if ts >= horizon}
+
+    def velocity(self, now: int, rules: StockRules) -> float:
+        """Units reserved per minute over the velocity window ending at `now`; 0 when too few."""
+        if not self.sales:
+            return 0.0
+        oldest = now - rules.velocity_window_ms
+        units = 0
+        first = now
+        stale = None
+        for start, sold in self.sales.items():
+            if start + rules.slot_ms <= oldest:
+                stale = (stale or []) + [start]
+            else:
+                units += sold
+                first = min(first, start)
+        if stale:
+            for start in stale:
+                del self.sales[start]
+        if units < rules.velocity_min_units:
+            return 0.0
+        # Over the time the SKU has been selling, up to the window: a flash sale that
+        # started a minute ago is judged on that minute, not diluted over the window.
+        span = min(rules.velocity_window_ms, max(rules.slot_ms, now - first))
+        return units * 60_000 / span
+
+
+class _Hold:
+    """One order's statuses for one SKU and pool, and the ledger entries they imply."""
+
+    __slots__ = ("quantity", "created", "paid", "cancelled", "refunded", "reserve", "release", "holding", "last_ts")
+
+    def __init__(self, quantity: int) -> None:
+        self.quantity = quantity
+        self.created: int | None = None
+        self.paid: int | None = None
+        self.cancelled: int | None = None
+        self.refunded: int | None = None
+        self.reserve: tuple[int, int] | None = None  # applied entries (ts, delta)
+        self.release: tuple[int, int] | None = None
+        self.holding = 0
+        self.last_ts = 0
+
+    def entries(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None, int]:
+        """(reserve entry, release entry, units held) from the statuses seen, in any order."""
+        q = self.quantity
+        terminal = None
+        for kind in ("paid", "cancelled", "refunded"):
+            ts = getattr(self, kind)
+            if ts is not None and (terminal is None or (ts, _TERMINAL_RANK[kind]) < terminal[:2]):
+                terminal = (ts, _TERMINAL_RANK[kind], kind)
+        reserve = None if self.created is None else (self.created, -q)
+        release = None
+        if terminal is not None:
+            if terminal[2] == "cancelled" or (terminal[2] == "refunded" and self.created is not None):
+                release = (terminal[0], q)
+        holding = q if self.created is not None and terminal is None else 0
+        return reserve, release, holding
+
+    @property
+    def finished(self) -> bool:
+        return self.paid is not None or self.cancelled is not None or self.refunded is not None
+
+
+class _Sku:
+    __slots__ = ("sku", "pools", "holds", "level", "low_active", "low_urgent", "out_active", "oversell_active",
+                 "oversell_orders", "updated_ts", "projected")
+
+    def __init__(self, sku: str) -> None:
+        self.sku = sku
+        self.pools: dict[str, _Pool] = {}
+        self.holds: dict[tuple[str, str], _Hold] = {}
+        self.level: str | None = None
+        self.low_active = False
+        self.low_urgent = False  # the low episode already carried a replenishment suggestion
+        self.out_active = False
+        self.oversell_active = False
+        self.oversell_orders = 0
+        self.updated_ts = 0
+        self.projected = False  # urgent only because of its velocity: re-judged as time passes
+
+    def pool(self, name: str) -> _Pool:
+        pool = self.pools.get(name)
+        if pool is None:
+            pool = self.pools[name] = _Pool()
+        return pool
+
+
+@dataclass(frozen=True, slots=True)
+class StockView:
+    """`stock:{sku}` as of the last change: the contract's hash."""
+
+    sku: str
+    available: int
+    reserved: int
+    presale_available: int
+    level: str
+    updated_ts: int
+    velocity_per_min: float | None = None
+    minutes_to_stockout: float | None = None
+
+    def fields(self) -> dict[str, str | int | float]:
+        out: dict[str, str | int | float] = {
+            "available": self.available,
+            "reserved": self.reserved,
+            "presale_available": self.presale_available,
+            "level": self.level,
+            "updated_ts": self.updated_ts,
+        }
+        if self.velocity_per_min is not None:
+            out["velocity_per_min"] = self.velocity_per_min
+        if self.minutes_to_stockout is not None:
+            out["minutes_to_stockout"] = self.minutes_to_stockout
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class LevelChange:
+    ts: int
+    sku: str
+    level: str
+    previous_level: str | None
+    view: StockView
+
+    @property
+    def metric_id(self) -> str:
+        return f"stock_level:{self.sku}:{self.ts}:{self.level}"
+
+    def to_dict(self) -> dict:
+        out = {
+            "metric": "stock_level",
+            "metric_id": self.metric_id,
+            "ts": self.ts,
+            "sku": self.sku,
+            "level": self.level,
+            "previous_level": self.previous_level,
+        }
+        out.update(self.view.fields())
+        return out
+
+
+@dataclass
+class StockChanges:
+    """What one batch changed: the latest view of each changed SKU, level changes, candidates."""
+
+    views: list[StockView] = field(default_factory=list)
+    level_changes: list[LevelChange] = field(default_factory=list)
+    candidates: list[AlertCandidate] = field(default_factory=list)
+
+
+class _Judgement(NamedTuple):
+    level: str
+    velocity: float  # units/min over tracked pools
+    minutes_to_stockout: float | None
+    projected: bool  # urgent only by projection
+    worst_pool: str
+    safety_stock: int
+
+
+@dataclass
+class StockLedger:
+    """The ledgers of the SKUs in one bucket, with the stream's event-time clock."""
+
+    rules: StockRules
+    clock: StreamClock = field(init=False)
+    skus: dict[str, _Sku] = field(default_factory=dict)
+    expiry: list[tuple[int, str, str, str]] = field(default_factory=list)  # (drop at, sku, order, pool) heap
+    projected: set[str] = field(default_factory=set)  # SKUs urgent only by velocity projection
+    # (topic, partition) -> [latest event time, wall ms it last delivered]
+    partitions: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    started_wall_ms: int | None = None
+    _now_ms: int = 0  # wall clock of the current call
+    _watermark: int | None = None  # low watermark: older state may be forgotten
+
+    def __post_init__(self) -> None:
+        self.clock = StreamClock(lateness_ms=self.rules.lateness_ms)
+
+    def resume(self, now_ms: int) -> None:
+        """Restored from a snapshot: the downtime is not quiet input, and every
+        partition gets its turn again before anything is forgotten."""
+        self.clock.touch(now_ms)
+        self.started_wall_ms = now_ms
+
+    def _low_watermark(self, now_ms: int) -> int | None:
+        if self.started_wall_ms is None or now_ms - self.started_wall_ms < self.rules.caught_up_after_ms:
+            return None
+        delivering = [ts for ts, wall in self.partitions.values() if now_ms - wall < self.rules.caught_up_after_ms]
+        base = min(delivering) if delivering else self.clock.max_event_ms
+        return None if base is None else base - self.rules.lateness_ms
+
+    # -- input -------------------------------------------------------------------------------
+    def add(self, lines: list[StockLine], progress: dict[tuple[str, int], int], now_ms: int) -> StockChanges:
+        """Apply one batch. `progress` is the latest event time per input partition in
+        the whole input batch, so every bucket's clocks follow the stream, not its SKUs."""
+        if self.started_wall_ms is None:
+            self.started_wall_ms = now_ms
+        for source, ts in progress.items():
+            seen = self.partitions.get(source)
+            if seen is None:
+                self.partitions[source] = [ts, now_ms]
+            else:
+                seen[0] = max(seen[0], ts)
+                seen[1] = now_ms
+            self.clock.observe(ts, now_ms)
+        self._now_ms = now_ms
+        self._watermark = self._low_watermark(now_ms)
+        changes = StockChanges()
+        dirty: dict[str, _Sku] = {}
+        for line in lines:
+            sku = self.skus.get(line.sku)
+            if sku is None:
+                sku = self.skus[line.sku] = _Sku(line.sku)
+            if self._apply(sku, line, changes):
+                if line.ts > sku.updated_ts:
+                    sku.updated_ts = line.ts
+                self._judge(sku, line.ts, changes, line.ref)
+                dirty[line.sku] = sku
+            if self._watermark is not None:
+                sku.pools[line.pool].prune(self._watermark, self.rules.retention_ms)
+        self._rejudge_projected(dirty, changes)
+        changes.views.extend(self._view(sku) for sku in dirty.values())
+        self._expire()
+        return changes
+
+    def advance(self, now_ms: int) -> StockChanges:
+        """Quiet input: time still passes for velocity projections."""
+        self._now_ms = now_ms
+        self._watermark = self._low_watermark(now_ms)
+        changes = StockChanges()
+        dirty: dict[str, _Sku] = {}
+        self._rejudge_projected(dirty, changes)
+        changes.views.extend(self._view(sku) for sku in dirty.values())
+        self._expire()
+        return changes
+
+    def next_wake_ms(self, now_ms: int) -> int | None:
+        """Wall time to re-judge projections when input is quiet (one velocity slot on)."""
+        if not self.projected or self.clock.max_event_ms is None:
+            return None
+        return now_ms + self.rules.slot_ms
+
+    def _stream_now(self) -> int | None:
+        """The stream's current event time (the latest event, plus wall time while quiet)."""
+        watermark = self.clock.watermark(self._now_ms)
+        return None if watermark is None else watermark + self.rules.lateness_ms
+
+    def _apply(self, sku: _Sku, line: StockLine, changes: StockChanges) -> bool:
+        """Apply one line; False when it changed nothing (a duplicate)."""
+        pool = sku.pool(line.pool)
+        kind = line.kind
+        if kind in ORDER_KINDS:
+            return self._order(sku, pool, line, changes)
+        if line.safety_stock is not None and line.ts >= pool.safety_ts:
+            pool.safety_stock, pool.safety_ts = line.safety_stock, line.ts
+        pool.tracked = True
+        if kind == "set":
+            pool.set(line.ts, line.quantity)
+            return True
+        if line.ref in pool.seen_events:
+            return False
+        pool.seen_events[line.ref] = line.ts
+        pool.apply(line.ts, line.quantity)
+        return True
+
+    def _order(self, sku: _Sku, pool: _Pool, line: StockLine, changes: StockChanges) -> bool:
+        key = (line.ref, line.pool)
+        hold = sku.holds.get(key)
+        if hold is None:
+            hold = sku.holds[key] = _Hold(line.quantity)
+        kind = line.kind
+        seen = getattr(hold, kind)
+        if seen is not None and seen <= line.ts:
+            return False  # a duplicate (or a later copy) of a status already counted
+        if kind == "created":
+            hold.quantity = line.quantity  # the order as placed is the authority
+        setattr(hold, kind, line.ts)
+        if line.ts > hold.last_ts:
+            hold.last_ts = line.ts
+        reserve, release, holding = hold.entries()
+        if reserve != hold.reserve:
+            if hold.reserve is not None:
+                pool.unapply(*hold.reserve)
+            if reserve is not None:
+                before = pool.available
+                if pool.apply(*reserve):
+                    self._record_sale(pool, reserve[0], line.quantity)
+                    if pool.tracked and before < hold.quantity:
+                        self._oversold(sku, line, before, changes)
+            hold.reserve = reserve
+        if release != hold.release:
+            if hold.release is not None:
+                pool.unapply(*hold.release)
+            if release is not None:
+                pool.apply(*release)
+            hold.release = release
+        pool.reserved += holding - hold.holding
+        hold.holding = holding
+        if hold.finished:
+            heapq.heappush(self.expiry, (hold.last_ts + self.rules.retention_ms, sku.sku, line.ref, line.pool))
+        return True
+
+    def _record_sale(self, pool: _Pool, ts: int, units: int) -> None:
+        slot = ts - ts % self.rules.slot_ms
+        pool.sales[slot] = pool.sales.get(slot, 0) + units
+
+    def _oversold(self, sku: _Sku, line: StockLine, before: int, changes: StockChanges) -> None:
+        sku.oversell_orders += 1
+        if sku.oversell_active:
+            return
+        sku.oversell_active = True
+        changes.candidates.append(
+            AlertCandidate(
+                ts=line.ts, rule="stock.oversell", key=sku.sku, active=True, severity="critical",
+                summary=f"{sku.sku}: order {line.ref} reserved {line.quantity} with {max(0, before)} "
+                        f"left in the {line.pool} pool (oversold)",
+                value=float(line.quantity), threshold=float(before), runbook=RUNBOOK,
+                detail={"order_id": line.ref, "pool": line.pool, "requested": line.quantity,
+                        "available_before": before},
+            )
+        )
+
+    # -- levels and candidates -------------------------------------------------------------
+    def _judgement(self, sku: _Sku, now: int) -> _Judgement:
+        rules = self.rules
+        worst = None
+        velocity = 0.0
+        minutes = None
+        for name, pool in sku.pools.items():
+            pool_velocity = pool.velocity(now, rules)
+            velocity += pool_velocity
+            pool_minutes = None
+            if pool_velocity > 0:
+                pool_minutes = max(0.0, pool.available) / pool_velocity
+                minutes = pool_minutes if minutes is None else min(minutes, pool_minutes)
+            safety = rules.default_safety_stock if pool.safety_stock is None else pool.safety_stock
+            available = pool.available
+            projected = False
+            if available <= 0:
+                level = "out"
+            elif available <= safety * rules.urgent_fraction:
+                level = "urgent"
+            elif pool_minutes is not None and pool_minutes <= rules.urgent_minutes:
+                level, projected = "urgent", True
+            elif available <= safety:
+                level = "warning"
+            else:
+                level = "safe"
+            rank = _SEVERITY_OF_LEVEL[level]
+            if worst is None or rank > worst[0]:
+                worst = (rank, level, projected, name, safety)
+        if worst is None:
+            return _Judgement("safe", 0.0, None, False, "spot", rules.default_safety_stock)
+        return _Judgement(worst[1], round(velocity, 3), None if minutes is None else round(minutes, 2),
+                          worst[2], worst[3], worst[4])
+
+    def _judge(self, sku: _Sku, ts: int, changes: StockChanges, order_id: str | None = None) -> None:
+        judgement = self._judgement(sku, self._stream_now())
+        level = judgement.level
+        if judgement.projected != sku.projected:
+            sku.projected = judgement.projected
+            (self.projected.add if sku.projected else self.projected.discard)(sku.sku)
+        if sku.oversell_active and all(pool.available >= 0 for pool in sku.pools.values()):
+            sku.oversell_active = False
+            changes.candidates.append(
+                AlertCandidate(
+                    ts=ts, rule="stock.oversell", key=sku.sku, active=False, severity="critical",
+                    summary=f"{sku.sku}: no pool is oversold any more",
+                    detail={"orders_oversold": sku.oversell_orders},
+                )
+            )
+            sku.oversell_orders = 0
+        if level == sku.level:
+            return
+        previous, sku.level = sku.level, level
+        view = self._view(sku, judgement)
+        if previous is not None or level != "safe":  # a new SKU starting safe is no change worth a record
+            changes.level_changes.append(LevelChange(ts, sku.sku, level, previous, view))
+        low = level != "safe"
+        urgent = level in ("urgent", "out")
+        pool = sku.pools.get(judgement.worst_pool)
+        if low and (not sku.low_active or (urgent and not sku.low_urgent)):
+            detail = {"level": level, "pool": judgement.worst_pool, "safety_stock": judgement.safety_stock}
+            if urgent:
+                detail["replenish"] = self._suggestion(pool, judgement)
+            changes.candidates.append(
+                AlertCandidate(
+                    ts=ts, rule="stock.low", key=sku.sku, active=True, severity="warning",
+                    summary=self._summary(sku.sku, view, judgement),
+                    value=float(view.available if judgement.worst_pool == "spot" else view.presale_available),
+                    threshold=float(judgement.safety_stock), runbook=RUNBOOK, detail=detail,
+                )
+            )
+            sku.low_active = True
+            sku.low_urgent = sku.low_urgent or urgent
+        elif not low and sku.low_active:
+            sku.low_active = sku.low_urgent = False
+            changes.candidates.append(
+                AlertCandidate(
+                    ts=ts, rule="stock.low", key=sku.sku, active=False, severity="warning",
+                    summary=f"{sku.sku} is back above its safety stock ({view.available} available)",
+                    value=float(view.available), threshold=float(judgement.safety_stock),
+                )
+            )
+        if level == "out" and not sku.out_active:
+            sku.out_active = True
+            changes.candidates.append(
+                AlertCandidate(
+                    ts=ts, rule="stock.out", key=sku.sku, active=True, severity="critical",
+                    summary=f"{sku.sku} is out of stock in the {judgement.worst_pool} pool",
+                    value=float(pool.available if pool else 0), threshold=0.0, runbook=RUNBOOK,
+                    detail={"pool": judgement.worst_pool, "reserved": view.reserved,
+                            "replenish": self._suggestion(pool, judgement),
+                            **({"order_id": order_id} if order_id else {})},
+                )
+            )
+        elif level != "out" and sku.out_active:
+            sku.out_active = False
+            changes.candidates.append(
+                AlertCandidate(
+                    ts=ts, rule="stock.out", key=sku.sku, active=False, severity="critical",
+                    summary=f"{sku.sku} is back in stock ({view.available} available)",
+                    value=float(view.available), threshold=0.0,
+                )
+            )
+
+    def _summary(self, sku: str, view: StockView, judgement: _Judgement) -> str:
+        text = f"{sku} stock {judgement.level}: {view.available} available, safety stock {judgement.safety_stock}"
+        if judgement.minutes_to_stockout is not None:
+            text += f", out in ~{judgement.minutes_to_stockout:.0f} min at {judgement.velocity:g}/min"
+        return text
+
+    def _suggestion(self, pool: _Pool | None, judgement: _Judgement) -> dict:
+        """Units to order so the pool covers `replenish_cover_minutes` at its velocity plus safety stock."""
+        rules = self.rules
+        available = pool.available if pool is not None else 0
+        velocity = pool.velocity(self._stream_now(), rules) if pool is not None else 0.0
+        target = math.ceil(velocity * rules.replenish_cover_minutes) + max(judgement.safety_stock, 1)
+        return {
+            "quantity": max(0, target - available),
+            "target_units": target,
+            "cover_minutes": rules.replenish_cover_minutes,
+            "velocity_per_min": round(velocity, 3),
+        }
+
+    def _rejudge_projected(self, dirty: dict[str, _Sku], changes: StockChanges) -> None:
+        """SKUs urgent only by projection cool down as sales slow, without events of their own."""
+        now = self._stream_now()
+        if now is None:
+            return
+        for name in sorted(self.projected):
+            if name in dirty:
+                continue
+            sku = self.skus[name]
+            before = sku.level
+            self._judge(sku, now, changes)
+            if sku.level != before:
+                dirty[name] = sku
+
+    def _view(self, sku: _Sku, judgement: _Judgement | None = None) -> StockView:
+        if judgement is None:
+            judgement = self._judgement(sku, self._stream_now())
+        spot = sku.pools.get("spot")
+        presale = sku.pools.get("presale")
+        velocity = judgement.velocity
+        return StockView(
+            sku=sku.sku,
+            available=spot.available if spot else 0,
+            reserved=sum(pool.reserved for pool in sku.pools.values()),
+            presale_available=presale.available if presale else 0,
+            level=sku.level or judgement.level,
+            updated_ts=sku.updated_ts,
+            velocity_per_min=velocity if velocity > 0 else None,
+            minutes_to_stockout=judgement.minutes_to_stockout,
+        )
+
+    # -- bounded memory -----------------------------------------------------------------------
+    def _expire(self) -> None:
+        """Drop finished orders a retention period behind the watermark."""
+        watermark = self._watermark
+        if watermark is None:
+            return
+        expiry = self.expiry
+        while expiry and expiry[0][0] < watermark:
+            _, name, order_id, pool_name = heapq.heappop(expiry)
+            sku = self.skus.get(name)
+            hold = sku.holds.get((order_id, pool_name)) if sku else None
+            if hold is None:
+                continue
+            if hold.last_ts + self.rules.retention_ms >= watermark:
+                continue  # touched since: a later entry in the heap covers it
+            del sku.holds[(order_id, pool_name)]
+
+    def open_orders(self) -> int:
+        return sum(len(sku.holds) for sku in self.skus.values())
