@@ -25,7 +25,7 @@ from bytewax.outputs import Sink
 
 from operators.clock import from_ms
 from operators.dead_letters import DeadLetter
-from operators.input_counts import InputCount, InputCounter, Tally, tally_batch
+from operators.input_counts import InputCount, InputCounter, InputTallies, tally_batch
 from shopstream.settings import INPUT_TOPICS, Settings
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
@@ -48,6 +48,7 @@ class IntakeConfig:
     history_length: int
     key_idle_windows: int  # a key that goes quiet keeps reporting zeros this many windows
     max_event_ahead_ms: int  # events stamped further ahead of the wall clock are dead letters
+    partition_idle_ms: int = 5_000  # a partition silent this long stops holding back event time
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "IntakeConfig":
@@ -57,6 +58,7 @@ class IntakeConfig:
             history_length=settings.history_length,
             key_idle_windows=max(1, settings.idle_key_report_s // settings.input_window_s),
             max_event_ahead_ms=settings.max_event_ahead_s * 1000,
+            partition_idle_ms=settings.partition_idle_s * 1000,
         )
 
 
@@ -91,33 +93,40 @@ def input_count_outputs(count: InputCount, history_length: int) -> tuple[Outboun
 
 @dataclass(frozen=True)
 class TriagedBatch:
-    """One input batch, validated: its dead letters and its input tallies."""
+    """One input batch, validated: its dead letters, its input tallies, and how far
+    each input partition got in event time."""
 
     dead_letters: list[DeadLetter]
-    tallies: list[Tally]
+    tallies: InputTallies
 
 
 def triage_batch(records: list[InputRecord], config: IntakeConfig, now_ms: int) -> TriagedBatch:
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     decoded = [decode_record(record, latest_ts_ms) for record in records]
+    progress: dict[tuple[str, int], int] = {}
+    for record, item in zip(records, decoded):
+        if not isinstance(item, DeadLetter):
+            source = (record.topic, record.partition)
+            progress[source] = max(progress.get(source, item.ts), item.ts)
     return TriagedBatch(
         dead_letters=[item for item in decoded if isinstance(item, DeadLetter)],
-        tallies=tally_batch(decoded, config.window_ms),
+        tallies=InputTallies(tally_batch(decoded, config.window_ms), progress),
     )
 
 
-class _InputCountLogic(StatefulBatchLogic[list[Tally], InputCount, InputCounter]):
+class _InputCountLogic(StatefulBatchLogic[InputTallies, InputCount, InputCounter]):
     """Bytewax adapter around the pure `InputCounter`; wall time enters only here."""
 
     def __init__(self, counter: InputCounter, now_ms: Clock):
         self._counter = counter
         self._now_ms = now_ms
 
-    def on_batch(self, batches: list[list[Tally]]):
+    def on_batch(self, batches: list[InputTallies]):
         # One `add` per input batch: results must not depend on how Bytewax groups
         # upstream batches on their way to this step (one worker or several).
         now = self._now_ms()
-        return [count for batch in batches for count in self._counter.add(batch, now)], self.RETAIN
+        counts = [c for batch in batches for c in self._counter.add(batch.tallies, now, batch.progress)]
+        return counts, self.RETAIN
 
     def on_notify(self):
         return self._counter.advance(self._now_ms()), self.RETAIN
@@ -138,6 +147,7 @@ def counter_for(resumed: InputCounter | None, config: IntakeConfig, now_ms: int)
     if resumed is not None and resumed.window_ms == config.window_ms:
         resumed.lateness_ms = resumed.clock.lateness_ms = config.lateness_ms
         resumed.key_idle_windows = config.key_idle_windows
+        resumed.clock.idle_source_ms = config.partition_idle_ms
         resumed.resume(now_ms)
         return resumed
     if resumed is not None:
@@ -147,7 +157,7 @@ def counter_for(resumed: InputCounter | None, config: IntakeConfig, now_ms: int)
             resumed.window_ms,
             config.window_ms,
         )
-    return InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows)
+    return InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows, config.partition_idle_ms)
 
 
 def build_flow(

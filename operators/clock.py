@@ -40,11 +40,14 @@ class StreamClock:
     max_event_ms: int | None = None  # the largest event time seen from any source
     last_input_wall_ms: int = 0  # wall time the last input arrived (or the flow resumed)
     sources: dict[Hashable, tuple[int, int]] = field(default_factory=dict)  # -> (max event ms, wall ms)
+    started_wall_ms: int | None = None  # first input, or the last resume
 
     def observe(self, event_ms: int, now_ms: int, source: Hashable = None) -> None:
         """An event arrived: its time may move the clock forward."""
         if self.max_event_ms is None or event_ms > self.max_event_ms:
             self.max_event_ms = event_ms
+        if self.started_wall_ms is None:
+            self.started_wall_ms = now_ms
         if source is not None:
             previous = self.sources.get(source)
             latest = event_ms if previous is None else max(previous[0], event_ms)
@@ -59,12 +62,23 @@ class StreamClock:
         """
         self.last_input_wall_ms = now_ms
 
+    def resume(self, now_ms: int) -> None:
+        """Restored from a snapshot: the downtime is not quiet input, and every source
+        gets a fresh chance to report before it can hold the clock back or not."""
+        self.touch(now_ms)
+        self.started_wall_ms = now_ms
+
+    def _warming_up(self, now_ms: int) -> bool:
+        """Right after a start, not every partition has delivered its first batch yet;
+        the first ones must not move the clock past the others."""
+        return bool(self.idle_source_ms and self.sources) and now_ms - self.started_wall_ms < self.idle_source_ms
+
     def _delivering(self, now_ms: int) -> list[int]:
         return [latest for latest, wall in self.sources.values() if now_ms - wall < self.idle_source_ms]
 
     def watermark(self, now_ms: int) -> int | None:
         """Event time up to which the stream is considered complete; None before any event."""
-        if self.max_event_ms is None:
+        if self.max_event_ms is None or self._warming_up(now_ms):
             return None
         delivering = self._delivering(now_ms)
         if delivering:
@@ -78,4 +92,5 @@ class StreamClock:
             return None
         all_idle_at = max((wall + self.idle_source_ms for _, wall in self.sources.values()), default=now_ms)
         reached_at = self.last_input_wall_ms + event_ms + self.lateness_ms - self.max_event_ms
-        return max(now_ms, all_idle_at, reached_at)
+        warmed_up_at = (self.started_wall_ms or now_ms) + self.idle_source_ms
+        return max(now_ms, all_idle_at, reached_at, warmed_up_at)

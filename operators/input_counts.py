@@ -9,7 +9,7 @@ single counting step sees a few tallies per batch, not every event.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Hashable, Iterable, Mapping, NamedTuple
 
 from operators.clock import StreamClock
 from operators.dead_letters import DeadLetter
@@ -25,6 +25,13 @@ class Tally:
     events: int = 0
     dead_letters: int = 0
     max_ts: int | None = None
+
+
+class InputTallies(NamedTuple):
+    """One batch's tallies, and the latest event time each input partition reached in it."""
+
+    tallies: list[Tally]
+    progress: dict[tuple[str, int], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,7 @@ class InputCounter:
     window_ms: int
     lateness_ms: int
     key_idle_windows: int
+    partition_idle_ms: int = 0  # see StreamClock.idle_source_ms
     clock: StreamClock = field(init=False)
     open_windows: dict[int, dict[CounterKey, list[int]]] = field(default_factory=dict)
     late_events: dict[CounterKey, int] = field(default_factory=dict)
@@ -89,18 +97,26 @@ class InputCounter:
     closed_any: bool = False
 
     def __post_init__(self) -> None:
-        self.clock = StreamClock(lateness_ms=self.lateness_ms)
+        self.clock = StreamClock(lateness_ms=self.lateness_ms, idle_source_ms=self.partition_idle_ms)
 
     def resume(self, now_ms: int) -> None:
         """Restored from a snapshot: the downtime is not quiet input."""
-        self.clock.touch(now_ms)
+        self.clock.resume(now_ms)
 
-    def add(self, tallies: Iterable[Tally], now_ms: int) -> list[InputCount]:
-        """Count one batch's tallies (events before dead letters), then close what is due."""
+    def add(
+        self, tallies: Iterable[Tally], now_ms: int, progress: Mapping[Hashable, int] | None = None
+    ) -> list[InputCount]:
+        """Count one batch's tallies (events before dead letters), then close what is due.
+
+        `progress`: the latest event time per input partition in this batch; with it the
+        clock follows the slowest partition still delivering, not the fastest."""
         tallies = sorted(tallies, key=lambda t: t.window_start is None)
+        for source, latest in (progress or {}).items():
+            self.clock.observe(latest, now_ms, source)
         for tally in tallies:
             if tally.window_start is not None:
-                self.clock.observe(tally.max_ts, now_ms)
+                if progress is None:
+                    self.clock.observe(tally.max_ts, now_ms)
                 self._count(tally.key, tally.window_start, tally.events, 0)
             elif self.next_window is None:
                 self.early_dead_letters[tally.key] = self.early_dead_letters.get(tally.key, 0) + tally.dead_letters
@@ -114,7 +130,10 @@ class InputCounter:
 
     def _stream_window(self, now_ms: int) -> int:
         """The open window that holds the stream's current time."""
-        stream_now = self.clock.watermark(now_ms) + self.lateness_ms
+        watermark = self.clock.watermark(now_ms)
+        if watermark is None:  # the clock is still warming up
+            return self.next_window
+        stream_now = watermark + self.lateness_ms
         return max(stream_now - stream_now % self.window_ms, self.next_window)
 
     def _count(self, key: CounterKey, window_start: int, events: int, dead_letters: int) -> None:

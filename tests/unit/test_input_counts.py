@@ -161,3 +161,31 @@ def test_a_jump_in_event_time_reports_a_bounded_number_of_windows():
     closed = counter.add(tally_batch([order(30 * 24 * 60 * MINUTE)], MINUTE), 0)  # a month later
     # The first window, three windows of zeros while the key goes idle, then the jump.
     assert [r.window_start for r in closed] == [0, MINUTE, 2 * MINUTE, 3 * MINUTE]
+
+
+def test_a_fast_partition_does_not_close_windows_a_slow_one_is_still_filling():
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5, partition_idle_ms=5_000)
+
+    def poll(now_ms, partition, start, end):
+        clicks = [click(ts, n=partition) for ts in range(start, end, 10_000)]
+        return counter.add(tally_batch(clicks, MINUTE), now_ms, {("clickstream", partition): clicks[-1].ts})
+
+    # Reading a backlog: every poll, partition 0 gets much further in event time than 1.
+    # (Nothing closes in the first 5 s: every partition gets to deliver its first batch.)
+    assert poll(0, 0, 0, 5 * MINUTE) + poll(0, 1, 0, MINUTE // 2) == []
+    assert poll(4000, 0, 5 * MINUTE, 10 * MINUTE) + poll(4000, 1, MINUTE // 2, 2 * MINUTE) == []
+    closed = poll(7000, 1, 2 * MINUTE, 3 * MINUTE)
+    # Only what the slow partition has passed closes, holding both partitions' clicks.
+    totals = {r.window_start: r.events for r in closed if r.series == "input:clickstream"}
+    assert totals == {0: 12, MINUTE: 12}
+    # Both go silent: once both are idle, the stream counts as quiet and the rest closes.
+    assert counter.advance(now_ms=7000 + 4_999) == []
+    totals = {r.window_start: r.events for r in counter.advance(now_ms=7000 + 5_000) if r.dimension == "all"}
+    assert totals == {2 * MINUTE: 12, **{m * MINUTE: 6 for m in range(3, 9)}}
+
+
+def test_clock_without_sources_keeps_following_the_largest_event_time():
+    clock = StreamClock(lateness_ms=0, idle_source_ms=5_000)
+    clock.observe(10, now_ms=0)
+    clock.observe(5, now_ms=0)
+    assert clock.watermark(0) == 10

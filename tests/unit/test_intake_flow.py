@@ -103,7 +103,7 @@ def test_counts_do_not_depend_on_how_upstream_batches_are_grouped():
     workers); the result must equal handing them over one by one."""
     from flows.intake import _InputCountLogic
     from operators.events import parse_event
-    from operators.input_counts import InputCounter, tally_batch
+    from operators.input_counts import InputCounter, InputTallies, tally_batch
 
     def clicks(*timestamps):
         return [
@@ -116,8 +116,8 @@ def test_counts_do_not_depend_on_how_upstream_batches_are_grouped():
         ]
 
     # The first batch closes window 0; the second brings one more event for it (late).
-    first = tally_batch(clicks(1, MINUTE + 1), MINUTE)
-    second = tally_batch(clicks(2), MINUTE) + tally_batch(clicks(MINUTE * 2 + 1), MINUTE)
+    first = InputTallies(tally_batch(clicks(1, MINUTE + 1), MINUTE), {("clickstream", 0): MINUTE + 1})
+    second = InputTallies(tally_batch(clicks(2, MINUTE * 2 + 1), MINUTE), {("clickstream", 0): MINUTE * 2 + 1})
 
     def logic():
         return _InputCountLogic(InputCounter(MINUTE, 0, 5), fixed_clock)
