@@ -48,7 +48,8 @@ class IntakeConfig:
     history_length: int
     key_idle_windows: int  # a key that goes quiet keeps reporting zeros this many windows
     max_event_ahead_ms: int  # events stamped further ahead of the wall clock are dead letters
-    partition_idle_ms: int = 5_000  # a partition silent this long stops holding back event time
+    partition_idle_ms: int = 500  # a partition silent this long stops holding back event time
+    startup_grace_ms: int = 5_000  # after a start, every partition gets this long to deliver first
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "IntakeConfig":
@@ -58,7 +59,8 @@ class IntakeConfig:
             history_length=settings.history_length,
             key_idle_windows=max(1, settings.idle_key_report_s // settings.input_window_s),
             max_event_ahead_ms=settings.max_event_ahead_s * 1000,
-            partition_idle_ms=settings.partition_idle_s * 1000,
+            partition_idle_ms=settings.partition_idle_ms,
+            startup_grace_ms=settings.startup_grace_ms,
         )
 
 
@@ -148,6 +150,7 @@ def counter_for(resumed: InputCounter | None, config: IntakeConfig, now_ms: int)
         resumed.lateness_ms = resumed.clock.lateness_ms = config.lateness_ms
         resumed.key_idle_windows = config.key_idle_windows
         resumed.clock.idle_source_ms = config.partition_idle_ms
+        resumed.clock.startup_grace_ms = config.startup_grace_ms
         resumed.resume(now_ms)
         return resumed
     if resumed is not None:
@@ -157,7 +160,9 @@ def counter_for(resumed: InputCounter | None, config: IntakeConfig, now_ms: int)
             resumed.window_ms,
             config.window_ms,
         )
-    return InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows, config.partition_idle_ms)
+    return InputCounter(
+        config.window_ms, config.lateness_ms, config.key_idle_windows, config.partition_idle_ms, config.startup_grace_ms
+    )
 
 
 def build_flow(

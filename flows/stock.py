@@ -69,7 +69,7 @@ class StockConfig:
             velocity_window_ms=settings.stock_velocity_window_s * 1000,
             velocity_min_units=settings.stock_velocity_min_units,
             replenish_cover_minutes=float(settings.stock_replenish_cover_min),
-            caught_up_after_ms=settings.partition_idle_s * 1000,
+            caught_up_after_ms=settings.stock_caught_up_ms,
         )
         return cls(
             max_event_ahead_ms=settings.max_event_ahead_s * 1000,

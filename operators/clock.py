@@ -30,13 +30,15 @@ class StreamClock:
 
     With sources (e.g. input partitions), the clock follows the slowest source that
     is still delivering: when a backlog is read, fast partitions must not close the
-    windows that slow partitions are still filling. A source that has delivered
-    nothing for `idle_source_ms` of wall time stops holding the clock back. Without
+    windows that slow partitions are still filling. A partition with a backlog
+    delivers on every poll; one that has delivered nothing for `idle_source_ms` of
+    wall time is caught up (or sparse) and stops holding the clock back. Without
     sources, the clock follows the largest event time seen.
     """
 
     lateness_ms: int
     idle_source_ms: int = 0
+    startup_grace_ms: int = 0  # with sources: nothing closes this long after a start or resume
     max_event_ms: int | None = None  # the largest event time seen from any source
     last_input_wall_ms: int = 0  # wall time the last input arrived (or the flow resumed)
     sources: dict[Hashable, tuple[int, int]] = field(default_factory=dict)  # -> (max event ms, wall ms)
@@ -71,7 +73,7 @@ class StreamClock:
     def _warming_up(self, now_ms: int) -> bool:
         """Right after a start, not every partition has delivered its first batch yet;
         the first ones must not move the clock past the others."""
-        return bool(self.idle_source_ms and self.sources) and now_ms - self.started_wall_ms < self.idle_source_ms
+        return bool(self.sources) and now_ms - self.started_wall_ms < self.startup_grace_ms
 
     def _delivering(self, now_ms: int) -> list[int]:
         return [latest for latest, wall in self.sources.values() if now_ms - wall < self.idle_source_ms]
@@ -92,5 +94,5 @@ class StreamClock:
             return None
         all_idle_at = max((wall + self.idle_source_ms for _, wall in self.sources.values()), default=now_ms)
         reached_at = self.last_input_wall_ms + event_ms + self.lateness_ms - self.max_event_ms
-        warmed_up_at = (self.started_wall_ms or now_ms) + self.idle_source_ms
+        warmed_up_at = (self.started_wall_ms or now_ms) + (self.startup_grace_ms if self.sources else 0)
         return max(now_ms, all_idle_at, reached_at, warmed_up_at)

@@ -87,6 +87,7 @@ class InputCounter:
     lateness_ms: int
     key_idle_windows: int
     partition_idle_ms: int = 0  # see StreamClock.idle_source_ms
+    startup_grace_ms: int = 0  # see StreamClock.startup_grace_ms
     clock: StreamClock = field(init=False)
     open_windows: dict[int, dict[CounterKey, list[int]]] = field(default_factory=dict)
     late_events: dict[CounterKey, int] = field(default_factory=dict)
@@ -97,7 +98,7 @@ class InputCounter:
     closed_any: bool = False
 
     def __post_init__(self) -> None:
-        self.clock = StreamClock(lateness_ms=self.lateness_ms, idle_source_ms=self.partition_idle_ms)
+        self.clock = StreamClock(self.lateness_ms, self.partition_idle_ms, self.startup_grace_ms)
 
     def resume(self, now_ms: int) -> None:
         """Restored from a snapshot: the downtime is not quiet input."""

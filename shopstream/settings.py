@@ -74,7 +74,9 @@ class Settings:
     stock_velocity_window_s: int = 300
     stock_velocity_min_units: int = 5
     stock_replenish_cover_min: int = 120
-    partition_idle_s: int = 5
+    partition_idle_ms: int = 500
+    stock_caught_up_ms: int = 5000
+    startup_grace_ms: int = 5000
     history_length: int = 120
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
@@ -211,7 +213,9 @@ _SPECS = (
     _Spec("stock_velocity_window_s", "SHOPSTREAM_STOCK_VELOCITY_WINDOW_S", int, 10),
     _Spec("stock_velocity_min_units", "SHOPSTREAM_STOCK_VELOCITY_MIN_UNITS", int, 1),
     _Spec("stock_replenish_cover_min", "SHOPSTREAM_STOCK_REPLENISH_COVER_MIN", int, 1),
-    _Spec("partition_idle_s", "SHOPSTREAM_PARTITION_IDLE_S", int, 1),
+    _Spec("partition_idle_ms", "SHOPSTREAM_PARTITION_IDLE_MS", int, 1),
+    _Spec("stock_caught_up_ms", "SHOPSTREAM_STOCK_CAUGHT_UP_MS", int, 1),
+    _Spec("startup_grace_ms", "SHOPSTREAM_STARTUP_GRACE_MS", int, 0),
     _Spec("history_length", "SHOPSTREAM_HISTORY_LENGTH", int, 1),
 )
 

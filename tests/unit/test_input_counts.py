@@ -164,7 +164,7 @@ def test_a_jump_in_event_time_reports_a_bounded_number_of_windows():
 
 
 def test_a_fast_partition_does_not_close_windows_a_slow_one_is_still_filling():
-    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5, partition_idle_ms=5_000)
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5, partition_idle_ms=5_000, startup_grace_ms=5_000)
 
     def poll(now_ms, partition, start, end):
         clicks = [click(ts, n=partition) for ts in range(start, end, 10_000)]
