@@ -95,12 +95,41 @@ def render_summary(client, settings: Settings, processes: list[FlowProcess], sta
         if history:
             channels.append(f"{channel}={history[-1]['events']}")
     lines.append("  clickstream by channel (last window): " + (", ".join(sorted(channels)) or "-"))
+    lines.append("  " + _stock_line(client, settings))
+    lines.extend("  " + line for line in _alert_lines(client, settings))
     health = ", ".join(
         f"{p.flow_name}#{p.process_id} {'running' if p.popen.poll() is None else f'exited {p.popen.returncode}'}"
         for p in processes
     )
     lines.append(f"  flows: {health}")
     return "\n".join(lines)
+
+
+def _stock_line(client, settings: Settings) -> str:
+    """SKUs per stock level, and the ones that need someone now."""
+    levels: dict[str, list[str]] = {}
+    prefix = settings.redis_key("stock:")
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hget(key, "level")
+    for key, level in zip(keys, pipe.execute()):
+        levels.setdefault((level or b"?").decode(), []).append(key.decode()[len(prefix):])
+    counts = ", ".join(f"{level} {len(levels.get(level, []))}" for level in ("safe", "warning", "urgent", "out"))
+    hot = sorted(levels.get("out", []) + levels.get("urgent", []))[:5]
+    return f"stock: {counts}" + (f"  (urgent/out: {', '.join(hot)})" if hot else "")
+
+
+def _alert_lines(client, settings: Settings) -> list[str]:
+    active = [loads(value) for value in client.hvals(settings.redis_key("alerts:active"))]
+    if not active:
+        return ["alerts: nothing firing"]
+    rank = {"critical": 0, "warning": 1, "info": 2}
+    active.sort(key=lambda a: (rank.get(a["severity"], 3), a["dedup_key"]))
+    lines = [f"alerts: {len(active)} active"]
+    for alert in active[:5]:
+        lines.append(f"  {alert['severity']:<8} {alert['status']:<9} {alert['summary']}")
+    return lines
 
 
 def demo_settings(settings: Settings) -> Settings:
