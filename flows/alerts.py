@@ -53,6 +53,7 @@ from operators.alert_router import (
     RouterConfig,
     RouterOutput,
     StreamTick,
+    coalesce,
 )
 from operators.alerts import AlertCandidate
 from operators.clock import from_ms
@@ -227,18 +228,22 @@ class _AlertingLogic(StatefulBatchLogic[Decoded | LagSample, RouterOutput, Alert
         self._acks = acks
 
     def on_batch(self, values):
+        # Item by item: what the router emits must not depend on how Bytewax groups
+        # items into batches (one worker or several), e.g. whether an episode already
+        # existed when acknowledgements were read.
         now = self._now_ms()
-        router_input: list[AlertCandidate | StreamTick] = []
+        out: list[RouterOutput] = []
         for value in values:
             if isinstance(value, AlertCandidate):
-                router_input.append(value)
-                continue
-            router_input.extend(self._state.detectors.add([value], now))
-            if isinstance(value, InputWindow):
-                # Closed input windows carry the stream's event time to the router even
-                # when no candidate arrives, so escalations and reminders keep event time.
-                router_input.append(StreamTick(value.window_end))
-        return self._state.router.add(router_input, now, self._acks), self.RETAIN
+                router_input: list[AlertCandidate | StreamTick] = [value]
+            else:
+                router_input = self._state.detectors.add([value], now)
+                if isinstance(value, InputWindow):
+                    # Closed input windows carry the stream's event time to the router even
+                    # when no candidate arrives, so escalations and reminders keep event time.
+                    router_input.append(StreamTick(value.window_end))
+            out.extend(self._state.router.add(router_input, now, self._acks))
+        return coalesce(out), self.RETAIN
 
     def on_notify(self):
         return self._state.router.advance(self._now_ms(), self._acks), self.RETAIN

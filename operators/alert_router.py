@@ -231,7 +231,7 @@ class AlertRouter:
                 self._apply(item, out)
         self._fire_timers(horizon, acked, out)
         self._forget(horizon)
-        return _coalesce(out)
+        return coalesce(out)
 
     def advance(self, now_ms: int, acks: AckLookup = no_acks) -> list[RouterOutput]:
         """Fire the timers that are due by now (input may have gone quiet)."""
@@ -350,7 +350,7 @@ class AlertRouter:
             self.resolved_at = {k: ts for k, ts in self.resolved_at.items() if ts >= cutoff}
 
 
-def _coalesce(out: list[RouterOutput]) -> list[RouterOutput]:
+def coalesce(out: list[RouterOutput]) -> list[RouterOutput]:
     """Messages in order; `alerts:active` once per key (its final state), so a storm
     of repeats costs one Redis write per batch, not one per candidate."""
     last_active: dict[str, ActiveAlert] = {}
