@@ -128,15 +128,34 @@ class _StockLogic(StatefulBatchLogic[StockBatch, StockChanges, StockLedger]):
         wake = self._ledger.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
-    def snapshot(self) -> StockLedger:
-        # A pickle round trip is an independent copy, and faster than deepcopy on big ledgers.
-        return pickle.loads(pickle.dumps(self._ledger, protocol=pickle.HIGHEST_PROTOCOL))
+    def snapshot(self) -> "PickledLedger":
+        return PickledLedger(pickle.dumps(self._ledger, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def ledger_for(resumed: StockLedger | None, config: StockConfig, now_ms: int) -> StockLedger:
+class PickledLedger:
+    """A snapshot: the ledger already pickled, so later changes cannot reach it.
+
+    Bytewax pickles whatever `snapshot` returns; this pickles as "unpickle these
+    bytes", so the recovery store holds the ledger itself and a resume hands
+    `ledger_for` a `StockLedger`, as before. Cheaper than returning a copy: the
+    ledger is pickled once, not copied (pickled and unpickled) and pickled again.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __reduce__(self):
+        return pickle.loads, (self.data,)
+
+
+def ledger_for(resumed: "StockLedger | PickledLedger | None", config: StockConfig, now_ms: int) -> StockLedger:
     """The resumed ledger under the current rules (thresholds may change across restarts)."""
     if resumed is None:
         return StockLedger(config.rules)
+    if isinstance(resumed, PickledLedger):  # handed back without going through the store
+        resumed = pickle.loads(resumed.data)
     resumed.rules = config.rules
     resumed.clock.lateness_ms = config.rules.lateness_ms
     resumed.resume(now_ms)

@@ -123,6 +123,37 @@ def _event_time(obj: Mapping[str, Any]) -> int:
     return _req_int(obj, "ts", minimum=0)
 
 
+# -- the fast path -------------------------------------------------------------
+# Orders and inventory are decoded once per message by every flow that reads them, so
+# their common shape (exact JSON types, every value in range) is checked inline and the
+# record built by writing its slots directly: a frozen dataclass's __init__ pays one
+# object.__setattr__ per field, twice the cost. Anything else (a float count, a bad
+# value, a missing field) takes the field readers above, which give the same record or
+# the same InvalidEvent as before.
+
+_INF = math.inf
+_MAX_EXACT_INT = 2**53  # larger ints go the slow way (float() of them is not exact, or overflows)
+
+
+def _money_or_none(value: Any) -> float | None:
+    """A valid money value as the readers would return it; None when the slow path must judge."""
+    if type(value) is float:
+        return value if 0.0 <= value < _INF else None
+    if type(value) is int and 0 <= value <= _MAX_EXACT_INT:
+        return float(value)
+    return None
+
+
+def _slot_writer(cls: type) -> Callable[..., Any]:
+    """cls(*values) for values already validated, without the frozen __init__'s per-field cost."""
+    names = [f.name for f in fields(cls)]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    namespace.update({f"_set_{name}": cls.__dict__[name].__set__ for name in names})
+    body = "".join(f"    _set_{name}(record, {name})\n" for name in names)
+    exec(f"def build({', '.join(names)}):\n    record = _new(_cls)\n{body}    return record\n", namespace)
+    return namespace["build"]
+
+
 # -- records ----------------------------------------------------------------
 
 
@@ -201,6 +232,10 @@ class OrderItem(_Record):
 
     @classmethod
     def from_dict(cls, obj: Any) -> "OrderItem":
+        return _order_item_fast(obj) or cls._from_dict_checked(obj)
+
+    @classmethod
+    def _from_dict_checked(cls, obj: Any) -> "OrderItem":
         if not isinstance(obj, dict):
             raise InvalidEvent(f"each of 'items' must be an object, got {_show(obj)}")
         return cls(
@@ -231,6 +266,10 @@ class OrderEvent(_Record):
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "OrderEvent":
+        return _order_event_fast(obj) or cls._from_dict_checked(obj)
+
+    @classmethod
+    def _from_dict_checked(cls, obj: Mapping[str, Any]) -> "OrderEvent":
         items = obj.get("items")
         if items is None:
             raise InvalidEvent("missing field 'items'")
@@ -332,6 +371,10 @@ class InventoryEvent(_Record):
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "InventoryEvent":
+        return _inventory_event_fast(obj) or cls._from_dict_checked(obj)
+
+    @classmethod
+    def _from_dict_checked(cls, obj: Mapping[str, Any]) -> "InventoryEvent":
         kind = _req_choice(obj, "kind", INVENTORY_KINDS)
         # `adjust` carries a signed delta; `set` and `restock` cannot be negative.
         minimum = None if kind == "adjust" else 0
@@ -345,6 +388,105 @@ class InventoryEvent(_Record):
             safety_stock=_opt_int(obj, "safety_stock", minimum=0),
             warehouse=_opt_str(obj, "warehouse"),
         )
+
+
+_new_order_item = _slot_writer(OrderItem)
+_new_order_event = _slot_writer(OrderEvent)
+_new_inventory_event = _slot_writer(InventoryEvent)
+
+
+def _order_item_fast(obj: Any) -> OrderItem | None:
+    """The item when it has the common shape, else None (the checked reader decides)."""
+    if type(obj) is not dict:
+        return None
+    sku = obj.get("sku")
+    quantity = obj.get("quantity")
+    pool = obj.get("pool")
+    if pool is None:
+        pool = "spot"
+    elif type(pool) is not str or pool not in STOCK_POOLS:
+        return None
+    unit_price = _money_or_none(obj.get("unit_price"))
+    if type(sku) is not str or not sku or type(quantity) is not int or quantity < 1 or unit_price is None:
+        return None
+    return _new_order_item(sku, quantity, unit_price, pool)
+
+
+def _order_event_fast(obj: Mapping[str, Any]) -> OrderEvent | None:
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    raw_items = get("items")
+    if type(raw_items) is not list:
+        return None
+    items = []
+    for raw_item in raw_items:
+        item = _order_item_fast(raw_item)
+        if item is None:
+            return None
+        items.append(item)
+    event_id = get("event_id")
+    ts = get("ts")
+    order_id = get("order_id")
+    user_id = get("user_id")
+    status = get("status")
+    amount = _money_or_none(get("amount"))
+    currency = get("currency")
+    session_id = get("session_id")
+    channel = get("channel")
+    region = get("region")
+    coupon_code = get("coupon_code")
+    shipping_fee = get("shipping_fee")
+    if shipping_fee is not None:
+        shipping_fee = _money_or_none(shipping_fee)
+        if shipping_fee is None:
+            return None
+    if currency is None or currency == "":
+        currency = DEFAULT_CURRENCY
+    if not (
+        type(event_id) is str and event_id
+        and type(ts) is int and ts >= 0
+        and type(order_id) is str and order_id
+        and type(user_id) is str and user_id
+        and type(status) is str and status in ORDER_STATUSES
+        and amount is not None
+        and type(currency) is str
+        and (session_id is None or type(session_id) is str)
+        and (channel is None or type(channel) is str)
+        and (region is None or type(region) is str)
+        and (coupon_code is None or type(coupon_code) is str)
+    ):
+        return None
+    return _new_order_event(event_id, ts, order_id, user_id, status, tuple(items), amount, currency,
+                            session_id, channel, region, coupon_code, shipping_fee)
+
+
+def _inventory_event_fast(obj: Mapping[str, Any]) -> InventoryEvent | None:
+    if type(obj) is not dict:
+        return None
+    get = obj.get
+    event_id = get("event_id")
+    ts = get("ts")
+    sku = get("sku")
+    kind = get("kind")
+    quantity = get("quantity")
+    pool = get("pool")
+    safety_stock = get("safety_stock")
+    warehouse = get("warehouse")
+    if pool is None:
+        pool = "spot"
+    if not (
+        type(event_id) is str and event_id
+        and type(ts) is int and ts >= 0
+        and type(sku) is str and sku
+        and type(kind) is str and kind in INVENTORY_KINDS
+        and type(quantity) is int and (quantity >= 0 or kind == "adjust")
+        and type(pool) is str and pool in STOCK_POOLS
+        and (safety_stock is None or (type(safety_stock) is int and safety_stock >= 0))
+        and (warehouse is None or type(warehouse) is str)
+    ):
+        return None
+    return _new_inventory_event(event_id, ts, sku, kind, quantity, pool, safety_stock, warehouse)
 
 
 InputEvent = ClickEvent | OrderEvent | PaymentEvent | InventoryEvent

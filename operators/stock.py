@@ -158,12 +158,13 @@ class _Pool:
         """Units reserved per minute over the velocity window ending at `now`; 0 when too few."""
         if not self.sales:
             return 0.0
+        slot_ms = rules.slot_ms
         oldest = now - rules.velocity_window_ms
         units = 0
         first = now
         stale = None
         for start, sold in self.sales.items():
-            if start + rules.slot_ms <= oldest:
+            if start + slot_ms <= oldest:
                 stale = (stale or []) + [start]
             else:
                 units += sold
@@ -175,7 +176,7 @@ class _Pool:
             return 0.0
         # Over the time the SKU has been selling, up to the window: a flash sale that
         # started a minute ago is judged on that minute, not diluted over the window.
-        span = min(rules.velocity_window_ms, max(rules.slot_ms, now - first))
+        span = min(rules.velocity_window_ms, max(slot_ms, now - first))
         return units * 60_000 / span
 
 
@@ -325,6 +326,8 @@ class StockLedger:
     started_wall_ms: int | None = None
     _now_ms: int = 0  # wall clock of the current call
     _watermark: int | None = None  # low watermark: older state may be forgotten
+    _event_now: int | None = None  # the stream's event time during the current call (see `_stream_now`)
+    _sales_recorded: int = 0  # sales recorded so far: tells `add` a line moved a velocity
 
     def __post_init__(self) -> None:
         self.clock = StreamClock(lateness_ms=self.rules.lateness_ms)
@@ -357,22 +360,37 @@ class StockLedger:
                 seen[1] = now_ms
             self.clock.observe(ts, now_ms)
         self._now_ms = now_ms
-        self._watermark = self._low_watermark(now_ms)
+        self._watermark = watermark = self._low_watermark(now_ms)
+        self._event_now = self._stream_now()  # fixed for the whole call: the clock moved above
+        retention_ms = self.rules.retention_ms
         changes = StockChanges()
         dirty: dict[str, _Sku] = {}
+        # A SKU's judgement after its latest line in this batch. A level depends only on
+        # each pool's available units, safety stock and sales (and the stream time, fixed
+        # here), so a line that moves none of them (a payment, a re-delivered status)
+        # leaves the judgement as it was and judging again would change nothing.
+        judged: dict[str, _Judgement] = {}
+        skus = self.skus
         for line in lines:
-            sku = self.skus.get(line.sku)
+            name = line.sku
+            sku = skus.get(name)
             if sku is None:
-                sku = self.skus[line.sku] = _Sku(line.sku)
+                sku = skus[name] = _Sku(name)
+            pool = sku.pools.get(line.pool)
+            before = None if pool is None else (pool.available, pool.safety_stock)
+            sales = self._sales_recorded
             if self._apply(sku, line, changes):
                 if line.ts > sku.updated_ts:
                     sku.updated_ts = line.ts
-                self._judge(sku, line.ts, changes, line.ref)
-                dirty[line.sku] = sku
-            if self._watermark is not None:
-                sku.pools[line.pool].prune(self._watermark, self.rules.retention_ms)
+                pool = sku.pools[line.pool]
+                if (name not in judged or sales != self._sales_recorded
+                        or before != (pool.available, pool.safety_stock)):
+                    judged[name] = self._judge(sku, line.ts, changes, line.ref)
+                dirty[name] = sku
+            if watermark is not None:
+                sku.pools[line.pool].prune(watermark, retention_ms)
         self._rejudge_projected(dirty, changes)
-        changes.views.extend(self._view(sku) for sku in dirty.values())
+        changes.views.extend(self._view(sku, judged.get(name)) for name, sku in dirty.items())
         self._expire()
         return changes
 
@@ -380,6 +398,7 @@ class StockLedger:
         """Quiet input: time still passes for velocity projections."""
         self._now_ms = now_ms
         self._watermark = self._low_watermark(now_ms)
+        self._event_now = self._stream_now()
         changes = StockChanges()
         dirty: dict[str, _Sku] = {}
         self._rejudge_projected(dirty, changes)
@@ -394,7 +413,10 @@ class StockLedger:
         return now_ms + self.rules.slot_ms
 
     def _stream_now(self) -> int | None:
-        """The stream's current event time (the latest event, plus wall time while quiet)."""
+        """The stream's current event time (the latest event, plus wall time while quiet).
+
+        `add` and `advance` compute it once into `_event_now`: it depends only on the
+        clock and the call's wall time, which do not change during the call."""
         watermark = self.clock.watermark(self._now_ms)
         return None if watermark is None else watermark + self.rules.lateness_ms
 
@@ -456,6 +478,7 @@ class StockLedger:
     def _record_sale(self, pool: _Pool, ts: int, units: int) -> None:
         slot = ts - ts % self.rules.slot_ms
         pool.sales[slot] = pool.sales.get(slot, 0) + units
+        self._sales_recorded += 1
 
     def _oversold(self, sku: _Sku, line: StockLine, before: int, changes: StockChanges) -> None:
         sku.oversell_orders += 1
@@ -507,8 +530,8 @@ class StockLedger:
         return _Judgement(worst[1], round(velocity, 3), None if minutes is None else round(minutes, 2),
                           worst[2], worst[3], worst[4])
 
-    def _judge(self, sku: _Sku, ts: int, changes: StockChanges, order_id: str | None = None) -> None:
-        judgement = self._judgement(sku, self._stream_now())
+    def _judge(self, sku: _Sku, ts: int, changes: StockChanges, order_id: str | None = None) -> _Judgement:
+        judgement = self._judgement(sku, self._event_now)
         level = judgement.level
         if judgement.projected != sku.projected:
             sku.projected = judgement.projected
@@ -524,7 +547,7 @@ class StockLedger:
             )
             sku.oversell_orders = 0
         if level == sku.level:
-            return
+            return judgement
         previous, sku.level = sku.level, level
         view = self._view(sku, judgement)
         if previous is not None or level != "safe":  # a new SKU starting safe is no change worth a record
@@ -576,6 +599,7 @@ class StockLedger:
                     value=float(view.available), threshold=0.0,
                 )
             )
+        return judgement
 
     def _summary(self, sku: str, view: StockView, judgement: _Judgement) -> str:
         text = f"{sku} stock {judgement.level}: {view.available} available, safety stock {judgement.safety_stock}"
@@ -587,7 +611,7 @@ class StockLedger:
         """Units to order so the pool covers `replenish_cover_minutes` at its velocity plus safety stock."""
         rules = self.rules
         available = pool.available if pool is not None else 0
-        velocity = pool.velocity(self._stream_now(), rules) if pool is not None else 0.0
+        velocity = pool.velocity(self._event_now, rules) if pool is not None else 0.0
         target = math.ceil(velocity * rules.replenish_cover_minutes) + max(judgement.safety_stock, 1)
         return {
             "quantity": max(0, target - available),
@@ -598,7 +622,7 @@ class StockLedger:
 
     def _rejudge_projected(self, dirty: dict[str, _Sku], changes: StockChanges) -> None:
         """SKUs urgent only by projection cool down as sales slow, without events of their own."""
-        now = self._stream_now()
+        now = self._event_now
         if now is None:
             return
         for name in sorted(self.projected):

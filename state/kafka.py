@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
@@ -241,3 +243,40 @@ class KafkaOutputSink(DynamicSink[OutboundMessage]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutputPartition:
         return _KafkaOutputPartition(self._settings)
+
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[tuple[bytes | None, bytes]]:
+    """Every message currently in a topic, all partitions, as (key, value): for
+    checks and benchmarks that read an output topic to its end."""
+    consumer = Consumer(
+        {
+            **settings.kafka_config(),
+            "group.id": f"test-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    real_topic = settings.topic(topic)
+    try:
+        partitions = consumer.list_topics(real_topic, timeout=10).topics[real_topic].partitions
+        assignments = [TopicPartition(real_topic, p, 0) for p in partitions]
+        ends = {}
+        for tp in assignments:
+            _, high = consumer.get_watermark_offsets(tp, timeout=10)
+            ends[tp.partition] = high
+        pending = {p for p, high in ends.items() if high > 0}
+        consumer.assign([tp for tp in assignments if tp.partition in pending])
+        out = []
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append((msg.key(), msg.value()))
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                pending.discard(msg.partition())
+        if pending:
+            raise TimeoutError(f"could not read {real_topic} to its end within {timeout_s}s")
+        return out
+    finally:
+        consumer.close()

@@ -29,7 +29,7 @@ from operators.alerts import AlertCandidate
 from shopstream import services
 from shopstream.settings import Settings
 from state.alert_candidates import candidate_message
-from state.kafka import CheckedProducer
+from state.kafka import CheckedProducer, read_topic
 from state.serde import dumps, loads
 
 MINUTE = 60_000
@@ -140,7 +140,6 @@ def storm(settings: Settings, per_minute: int, minutes: int) -> dict:
     from operators.alert_router import RouterConfig
     from state.kafka import KafkaInputSource, KafkaOutputSink
     from state.redis_store import KeyReader, RedisSink
-    from tests.integration.kafka_helpers import read_topic
 
     with tempfile.TemporaryDirectory(prefix="shopstream-bench-storm-") as tmp:
         bench = _fresh(settings, "storm", tmp)

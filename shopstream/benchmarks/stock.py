@@ -146,7 +146,8 @@ def _observe(client, settings: Settings, pending: dict[str, list[int]], delays: 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=500_000, help="order lines in the throughput backlog")
-    parser.add_argument("--latency-rate", default="50,500", help="order events/s, comma list (flash sale peak ~50)")
+    parser.add_argument("--latency-rate", default="50,500",
+                        help="order events/s, comma list (flash sale peak ~50); empty: throughput only")
     parser.add_argument("--latency-seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{result.events_per_s:,.0f} events/s = {result.events_per_s * per_event:,.0f} lines/s "
               f"(raw ceiling {ceiling:,.0f} events/s, {result.share_of_ceiling:.0%}); "
               f"peak RSS {result.peak_rss_mb} MB", flush=True)
-        for n, rate in enumerate(float(r) for r in args.latency_rate.split(",")):
+        for n, rate in enumerate(float(r) for r in args.latency_rate.split(",") if r.strip()):
             live = replace(bench._bench_settings(settings, 1, Path(scratch) / f"latency{n}"), snapshot_interval_s=5)
             services.create_topics(live)
             try:
