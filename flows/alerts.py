@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Sequence
@@ -56,7 +55,7 @@ from operators.alert_router import (
     coalesce,
 )
 from operators.alerts import AlertCandidate
-from operators.clock import from_ms
+from operators.clock import Clock, from_ms, wall_clock_ms
 from shopstream.settings import Settings
 from state.alert_candidates import TOPIC as CANDIDATES_TOPIC
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
@@ -73,7 +72,6 @@ from state.serde import dumps, loads
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], int]  # wall-clock milliseconds since the epoch
 
 INPUT_TOPICS = (CANDIDATES_TOPIC, "metrics")
 ACTIVE_KEY = "alerts:active"
@@ -82,10 +80,6 @@ STREAM_KEY = "stream:alerts"
 
 def ack_key(dedup_key: str) -> str:
     return f"alerts:ack:{dedup_key}"
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -23,7 +21,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from operators.clock import from_ms
+from operators.clock import Clock, from_ms, wall_clock_ms
 from operators.dead_letters import DeadLetter
 from operators.input_counts import InputCount, InputCounter, InputTallies, tally_batch
 from shopstream.settings import INPUT_TOPICS, Settings
@@ -33,13 +31,6 @@ from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
 from state.serde import dumps
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], int]  # wall-clock milliseconds since the epoch
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 @dataclass(frozen=True)
 class IntakeConfig:

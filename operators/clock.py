@@ -9,11 +9,18 @@ time, so a replay closes windows on event time alone, like the live run did.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Hashable
+from typing import Callable, Hashable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+Clock = Callable[[], int]  # wall-clock milliseconds since the epoch; tests pass a fixed one
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def to_ms(moment: datetime) -> int:
