@@ -27,13 +27,21 @@ from confluent_kafka import Consumer, TopicPartition
 from operators.events import InvalidEvent
 from shopstream import services
 from shopstream.runner import free_ports, resolve_flows, start_flow, stop_all
-from shopstream.settings import INPUT_TOPICS, Settings
+from shopstream.settings import INPUT_TOPICS, ConfigError, Settings
 from simulators import generate
 from simulators.timeline import parse_duration
 from state.flow_metrics import consumer_lag, peak_rss_bytes
 from state.kafka import CheckedProducer
 from state.redis_store import connect
 from state.serde import decode_event, dumps, loads
+
+# Flows that read every input topic are measured here on one shared backlog; flows
+# that read a subset, or read other flows' output, have a benchmark module of their own.
+SHARED_BACKLOG_FLOWS = ("intake",)
+OWN_BENCHMARKS = {
+    "stock": "python -m shopstream.benchmarks.stock",
+    "alerts": "python -m shopstream.benchmarks.alerts latency|storm",
+}
 
 SAMPLE_INTERVAL_S = 0.25
 DRAIN_TIMEOUT_S = 600.0
@@ -312,7 +320,10 @@ def run_bench(
     latency_seconds: float,
     seed: int = 1,
 ) -> dict:
-    flow_names = resolve_flows(flows)
+    flow_names = resolve_flows(flows or list(SHARED_BACKLOG_FLOWS))
+    for name in flow_names:
+        if name in OWN_BENCHMARKS:
+            raise ConfigError(f"flow {name} has a benchmark of its own: {OWN_BENCHMARKS[name]}")
     services.up(settings)
     report: dict = {"scenario": scenario, "events": events, "processes": processes, "throughput": [], "latency": []}
     with tempfile.TemporaryDirectory(prefix="shopstream-bench-") as scratch:

@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     alerts_cli.add_arguments(commands)
 
     bench = commands.add_parser("bench", help="measure flows on real Kafka and Redis (see BENCHMARKS.md)")
-    bench.add_argument("flows", nargs="*", help="flow names (default: all)")
+    bench.add_argument(
+        "flows", nargs="*", help="flows measured on the shared input backlog (default: intake); "
+        "stock and alerts have their own modules, see BENCHMARKS.md"
+    )
     bench.add_argument("--events", type=int, default=1_000_000, help="backlog size (default 1,000,000)")
     bench.add_argument("--processes", dest="bench_processes", type=int, default=1, help="processes per flow")
     bench.add_argument("--scenario", default="double11", help="simulator scenario (default double11)")

@@ -49,3 +49,8 @@ def test_demo_traffic_starts_at_the_latest_evening_peak_in_china():
     # 20:00 in China is 12:00 UTC.
     assert start_for("2026-11-21T23:48:00") == "2026-11-21T12:00:00+00:00"
     assert start_for("2026-11-21T11:59:00") == "2026-11-20T12:00:00+00:00"
+
+
+def test_bench_points_flows_with_their_own_benchmark_to_it(capsys):
+    assert main(["bench", "alerts"]) == 2
+    assert "python -m shopstream.benchmarks.alerts" in capsys.readouterr().err
