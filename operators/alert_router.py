@@ -164,6 +164,13 @@ class Episode:
         alert_id = f"{self.dedup_key}@{self.first_seen_ts}/{suffix}"
         if not reminder:
             self.last_alert_id = alert_id
+        return self._as_message(alert_id, ts, status, reminder=reminder)
+
+    def current(self) -> AlertMessage:
+        """The alert as `alerts:active` shows it: the last state change, with today's count."""
+        return self._as_message(self.last_alert_id, self.last_ts, self.status, acknowledged=self.acknowledged)
+
+    def _as_message(self, alert_id: str, ts: int, status: str, **flags: bool) -> AlertMessage:
         return AlertMessage(
             alert_id=alert_id,
             ts=ts,
@@ -178,26 +185,7 @@ class Episode:
             value=self.value,
             threshold=self.threshold,
             runbook=self.runbook,
-            reminder=reminder,
-        )
-
-    def current(self) -> AlertMessage:
-        """The alert as `alerts:active` shows it: the last state change, with today's count."""
-        return AlertMessage(
-            alert_id=self.last_alert_id,
-            ts=self.last_ts,
-            dedup_key=self.dedup_key,
-            rule=self.rule,
-            severity=self.severity,
-            status=self.status,
-            key=self.key,
-            summary=self.summary,
-            first_seen_ts=self.first_seen_ts,
-            count=self.count,
-            value=self.value,
-            threshold=self.threshold,
-            runbook=self.runbook,
-            acknowledged=self.acknowledged,
+            **flags,
         )
 
 
