@@ -78,6 +78,9 @@ class Settings:
     stock_caught_up_ms: int = 5000
     startup_grace_ms: int = 5000
     history_length: int = 120
+    # coupons (shared by the abandoned-cart and churn win-back flows)
+    coupon_cap_s: int = 86_400
+    coupon_dedupe_ttl_s: int = 604_800
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -217,6 +220,9 @@ _SPECS = (
     _Spec("stock_caught_up_ms", "SHOPSTREAM_STOCK_CAUGHT_UP_MS", int, 1),
     _Spec("startup_grace_ms", "SHOPSTREAM_STARTUP_GRACE_MS", int, 0),
     _Spec("history_length", "SHOPSTREAM_HISTORY_LENGTH", int, 1),
+    # coupons (shared by the abandoned-cart and churn win-back flows)
+    _Spec("coupon_cap_s", "SHOPSTREAM_COUPON_CAP_S", int, 0),
+    _Spec("coupon_dedupe_ttl_s", "SHOPSTREAM_COUPON_DEDUPE_TTL_S", int, 3600),
 )
 
 assert {s.name for s in _SPECS} | {"kafka_security"} == {f.name for f in fields(Settings)}
