@@ -81,6 +81,12 @@ class Settings:
     # coupons (shared by the abandoned-cart and churn win-back flows)
     coupon_cap_s: int = 86_400
     coupon_dedupe_ttl_s: int = 604_800
+    # abandoned-cart coupons (flows/coupons.py)
+    coupon_abandon_after_s: int = 1800
+    coupon_lateness_ms: int = 500
+    coupon_buckets: int = 16
+    coupon_policy: str = ""
+    coupon_metrics_window_s: int = 3600
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -157,6 +163,7 @@ class Settings:
             raise ConfigError(
                 f"SHOPSTREAM_ALERT_TRAFFIC_DROP_PCT must be between 1 and 99, got {self.alert_traffic_drop_pct}"
             )
+        _check_coupon_policy(self.coupon_policy)
         for spec in _SPECS:
             if spec.minimum is not None and getattr(self, spec.name) < spec.minimum:
                 raise ConfigError(
@@ -223,6 +230,12 @@ _SPECS = (
     # coupons (shared by the abandoned-cart and churn win-back flows)
     _Spec("coupon_cap_s", "SHOPSTREAM_COUPON_CAP_S", int, 0),
     _Spec("coupon_dedupe_ttl_s", "SHOPSTREAM_COUPON_DEDUPE_TTL_S", int, 3600),
+    # abandoned-cart coupons (flows/coupons.py)
+    _Spec("coupon_abandon_after_s", "SHOPSTREAM_COUPON_ABANDON_AFTER_S", int, 1),
+    _Spec("coupon_lateness_ms", "SHOPSTREAM_COUPON_LATENESS_MS", int, 0),
+    _Spec("coupon_buckets", "SHOPSTREAM_COUPON_BUCKETS", int, 1),
+    _Spec("coupon_policy", "SHOPSTREAM_COUPON_POLICY", str),
+    _Spec("coupon_metrics_window_s", "SHOPSTREAM_COUPON_METRICS_WINDOW_S", int, 1),
 )
 
 assert {s.name for s in _SPECS} | {"kafka_security"} == {f.name for f in fields(Settings)}
@@ -238,6 +251,18 @@ def _kafka_security_from_env(env: Mapping[str, str]) -> dict[str, str]:
         if prop.startswith(_KAFKA_PASSTHROUGH_FAMILIES):
             passthrough[prop] = value
     return passthrough
+
+
+def _check_coupon_policy(path: str) -> None:
+    """The abandoned-cart offer policy file must load and validate (empty: the built-in one)."""
+    if not path:
+        return
+    from operators.coupon_policy import PolicyError, load_policy  # operators never import settings
+
+    try:
+        load_policy(path)
+    except PolicyError as err:
+        raise ConfigError(f"SHOPSTREAM_COUPON_POLICY ({path}): {err}") from None
 
 
 def _check_host_port(env_name: str, servers: str) -> None:

@@ -1,0 +1,90 @@
+"""Redis reads and coupon issuing for the abandoned-cart flow, one round trip each per batch.
+
+At decision time the flow needs, for a batch of abandoned carts and redemptions:
+- the shopper's value tier: `churn:{user_id}` field `tier`, written by the churn
+  flow (a shopper it has not scored, or an unknown value, is `new`);
+- which cart items are out of stock now: `stock:{sku}` field `level` == `out`,
+  written by the stock flow;
+- which redeemed coupon codes are our abandoned-cart coupons: `coupon:{code}`
+  field `reason`.
+All of it is read with one pipeline. Coupons are then issued through the shared
+`CouponIssuer` (`state/coupons.py`), which applies the cap and the fraud flag and
+writes each coupon exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+from operators.coupons import Coupon
+from shopstream.settings import Settings
+from state.coupons import CouponIssuer, CouponRules
+from state.redis_store import connect
+
+
+@dataclass(frozen=True)
+class Lookups:
+    tiers: dict[str, str | None]  # user_id -> tier as the churn flow wrote it (None: not scored)
+    out_of_stock: frozenset[str]  # SKUs whose level is `out` now
+    our_coupons: frozenset[str]  # redeemed codes that are abandoned-cart coupons we issued
+
+
+class OfferPorts(Protocol):
+    """What the offers step needs from the outside world (Redis in production)."""
+
+    def lookup(self, users: list[str], skus: list[str], codes: list[str]) -> Lookups: ...
+
+    def issue(self, coupons: list[Coupon]) -> list[str]: ...
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisOfferPorts:
+    """`OfferPorts` on Redis; connects on first use (the flow is built before it runs)."""
+
+    def __init__(self, settings: Settings, rules: CouponRules | None = None):
+        self._settings = settings
+        self._rules = rules or CouponRules.from_settings(settings)
+        self._client: redis.Redis | None = None
+        self._issuer: CouponIssuer | None = None
+
+    def _connected(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self._settings)
+            self._issuer = CouponIssuer(self._client, self._settings.redis_prefix, self._rules)
+        return self._client
+
+    def lookup(self, users: list[str], skus: list[str], codes: list[str]) -> Lookups:
+        if not (users or skus or codes):
+            return Lookups({}, frozenset(), frozenset())
+        prefix = self._settings.redis_prefix
+        pipe = self._connected().pipeline(transaction=False)
+        for user_id in users:
+            pipe.hget(f"{prefix}churn:{user_id}", "tier")
+        for sku in skus:
+            pipe.hget(f"{prefix}stock:{sku}", "level")
+        for code in codes:
+            pipe.hget(f"{prefix}coupon:{code}", "reason")
+        answers = [_text(value) for value in pipe.execute()]
+        tiers = dict(zip(users, answers[: len(users)]))
+        levels = answers[len(users): len(users) + len(skus)]
+        reasons = answers[len(users) + len(skus):]
+        return Lookups(
+            tiers=tiers,
+            out_of_stock=frozenset(sku for sku, level in zip(skus, levels) if level == "out"),
+            our_coupons=frozenset(code for code, reason in zip(codes, reasons) if reason == "abandoned_cart"),
+        )
+
+    def issue(self, coupons: list[Coupon]) -> list[str]:
+        if not coupons:
+            return []
+        self._connected()
+        return self._issuer.issue(coupons)
+
+    def __getstate__(self) -> dict:
+        return {"_settings": self._settings, "_rules": self._rules, "_client": None, "_issuer": None}
