@@ -183,7 +183,7 @@ def make_offers(outputs: list[tuple[str, CartOutput]], ports: OfferPorts, config
     """Decide and issue the offers for a batch of abandoned carts: one lookup and one issue round trip."""
     carts: list[AbandonedCart] = [cart for _, out in outputs for cart in out.abandoned]
     codes = sorted({r.coupon_code for _, out in outputs for r in out.redemptions})
-    lookups = ports.lookup(sorted({c.user_id for c in carts}), sorted({s for c in carts for s in c.skus}), codes)
+    lookups = ports.lookup(carts, codes)
     decisions = [config.policy.decide(cart, lookups.tiers.get(cart.user_id), lookups.out_of_stock) for cart in carts]
     coupons = [d for d in decisions if type(d) is Coupon]
     outcomes = iter(ports.issue(coupons))

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import redis
 
+from operators.carts import AbandonedCart
 from operators.coupons import Coupon
 from shopstream.settings import Settings
 from state.coupons import CouponIssuer, CouponRules
@@ -35,7 +36,7 @@ class Lookups:
 class OfferPorts(Protocol):
     """What the offers step needs from the outside world (Redis in production)."""
 
-    def lookup(self, users: list[str], skus: list[str], codes: list[str]) -> Lookups: ...
+    def lookup(self, carts: list[AbandonedCart], codes: list[str]) -> Lookups: ...
 
     def issue(self, coupons: list[Coupon]) -> list[str]: ...
 
@@ -59,7 +60,10 @@ class RedisOfferPorts:
             self._issuer = CouponIssuer(self._client, self._settings.redis_prefix, self._rules)
         return self._client
 
-    def lookup(self, users: list[str], skus: list[str], codes: list[str]) -> Lookups:
+    def lookup(self, carts: list[AbandonedCart], codes: list[str]) -> Lookups:
+        """Tiers of the carts' shoppers, which of their items are out of stock now, which codes are ours."""
+        users = sorted({cart.user_id for cart in carts})
+        skus = sorted({sku for cart in carts for sku in cart.skus})
         if not (users or skus or codes):
             return Lookups({}, frozenset(), frozenset())
         prefix = self._settings.redis_prefix
