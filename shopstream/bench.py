@@ -41,6 +41,7 @@ SHARED_BACKLOG_FLOWS = ("intake",)
 OWN_BENCHMARKS = {
     "stock": "python -m shopstream.benchmarks.stock",
     "alerts": "python -m shopstream.benchmarks.alerts latency|storm",
+    "coupons": "python -m shopstream.benchmarks.coupons throughput|latency|memory",
 }
 
 SAMPLE_INTERVAL_S = 0.25
