@@ -25,6 +25,7 @@ from state.serde import loads
 # Short windows so results show up within seconds, not after a minute.
 DEMO_WINDOW_S = 5
 DEMO_LATENESS_S = 2
+DEMO_COUPON_ABANDON_S = 20  # carts abandoned after 20 s, not 30 min: coupons show up during the demo
 DEMO_RATE = 300  # events per second of live traffic
 DEMO_BAD_RATE = 0.005  # share of deliberately malformed events
 REFRESH_S = 3.0
@@ -97,6 +98,7 @@ def render_summary(client, settings: Settings, processes: list[FlowProcess], sta
     lines.append("  clickstream by channel (last window): " + (", ".join(sorted(channels)) or "-"))
     lines.append("  " + _stock_line(client, settings))
     lines.extend("  " + line for line in _alert_lines(client, settings))
+    lines.append("  " + _coupon_line(client, settings))
     health = ", ".join(
         f"{p.flow_name}#{p.process_id} {'running' if p.popen.poll() is None else f'exited {p.popen.returncode}'}"
         for p in processes
@@ -120,6 +122,18 @@ def _stock_line(client, settings: Settings) -> str:
     return f"stock: {counts}" + (f"  (urgent/out: {', '.join(hot)})" if hot else "")
 
 
+def _coupon_line(client, settings: Settings) -> str:
+    """Coupons pushed so far, and the latest one."""
+    pushed = client.xlen(settings.redis_key("stream:coupons"))
+    notes = client.xlen(settings.redis_key("stream:cart_notes"))
+    latest = client.xrevrange(settings.redis_key("stream:coupons"), count=1)
+    text = f"coupons: {pushed} pushed, {notes} back-in-stock notes"
+    if latest:
+        coupon = loads(latest[0][1][b"coupon"])
+        text += f"  (latest: {coupon['user_id']} {coupon['kind']} {coupon['value']:g}, tier {coupon.get('tier', '-')})"
+    return text
+
+
 def _alert_lines(client, settings: Settings) -> list[str]:
     active = [loads(value) for value in client.hvals(settings.redis_key("alerts:active"))]
     if not active:
@@ -141,6 +155,7 @@ def demo_settings(settings: Settings) -> Settings:
         recovery_dir=settings.services_dir / "demo-recovery",
         input_window_s=DEMO_WINDOW_S,
         allowed_lateness_s=DEMO_LATENESS_S,
+        coupon_abandon_after_s=DEMO_COUPON_ABANDON_S,
     )
 
 
