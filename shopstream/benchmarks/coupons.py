@@ -103,6 +103,7 @@ def latency(settings: Settings, rate: float, seconds: float, delay_s: int, seed:
                     sent += 1
                 producer.flush()
                 time.sleep(0.005)
+            achieved = sent / (time.monotonic() - started)
             entries = client.xrange(live.redis_key("stream:coupons"))
         finally:
             stop_all(processes)
@@ -115,7 +116,8 @@ def latency(settings: Settings, rate: float, seconds: float, delay_s: int, seed:
     if len(delays) < 20:
         raise RuntimeError(f"only {len(delays)} coupons during the latency run; run longer")
     delays.sort()
-    print(f"coupons latency at {rate:,.0f} events/s live (abandonment delay {delay_s} s): deadline -> "
+    print(f"coupons latency at {rate:,.0f} events/s live (produced {achieved:,.0f}/s; abandonment delay {delay_s} s, "
+          f"lateness {live.coupon_lateness_ms} ms): deadline -> "
           f"stream:coupons p50 {statistics.median(delays):.0f} ms, p99 {bench._percentile(delays, 0.99):.0f} ms, "
           f"max {delays[-1]:.0f} ms over {len(delays):,} coupons", flush=True)
 
