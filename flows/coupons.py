@@ -237,6 +237,8 @@ class _RecoveryLogic(StatefulBatchLogic[list, dict, RecoveryWindows]):
 def windows_for(resumed: RecoveryWindows | None, config: CouponsConfig) -> RecoveryWindows:
     if resumed is not None and resumed.window_ms == config.rules.report_every_ms:
         resumed.buckets = config.buckets
+        # Buckets that no longer exist would hold every window open forever.
+        resumed.marks = {bucket: mark for bucket, mark in resumed.marks.items() if int(bucket) < config.buckets}
         return resumed
     return RecoveryWindows(config.rules.report_every_ms, config.buckets)
 
