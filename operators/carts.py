@@ -177,6 +177,9 @@ class CartBook:
     # -- configuration across restarts -------------------------------------------------------
     def configure(self, rules: CartRules, now_ms: int) -> None:
         """Resumed from a snapshot: the current rules, and the downtime is not quiet input."""
+        if rules.abandon_after_ms != self.rules.abandon_after_ms:  # the open carts' deadlines move
+            self.deadlines = [(cart.last_ts + rules.abandon_after_ms, user) for user, cart in self.carts.items()]
+            heapq.heapify(self.deadlines)
         self.rules = rules
         self.clock.lateness_ms = rules.lateness_ms
         self.clock.idle_source_ms = rules.idle_source_ms
