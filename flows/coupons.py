@@ -14,6 +14,11 @@ through the shared issuer (cap, fraud flag, exactly-once `coupon:{id}` and
 to the Redis stream `stream:cart_notes`; per-window recovery counts to `metrics`.
 Dead letters are skipped: the intake flow publishes them.
 
+The offers step calls the shared `CouponIssuer` itself instead of ending in a
+`CouponSink`, because the issuer's verdicts (issued, capped, flagged) feed the
+recovery counts. It is as safe as a sink: after a crash the resumed epoch issues
+the same coupons again, the issuer answers `duplicate`, and that counts as issued.
+
 Run it the Bytewax way: `python -m bytewax.run flows.coupons:flow -r DIR -s 5 -b 0`.
 """
 
