@@ -177,15 +177,15 @@ def test_bad_input_is_skipped_and_every_bucket_hears_the_time():
 
 
 def test_a_deadline_passes_by_wall_clock_when_all_input_is_quiet():
-    rules = CartRules(abandon_after_ms=1500, lateness_ms=0, idle_source_ms=100, startup_grace_ms=0)
+    rules = CartRules(abandon_after_ms=1000, lateness_ms=0, idle_source_ms=100, startup_grace_ms=0)
     config = CouponsConfig(max_event_ahead_ms=HOUR, policy=POLICY, rules=rules, buckets=4)
     now = int(time.time() * 1000)
     records = Stream().add(now, "quiet").records
-    # The cart's shopper, and everyone else, sends nothing more for 4 s of wall time.
-    coupons, _, _, _ = run_coupons(records + [TestingSource.PAUSE(timedelta(seconds=4))], config=config,
+    # The cart's shopper, and everyone else, sends nothing more for 5 s of wall time.
+    coupons, _, _, _ = run_coupons(records + [TestingSource.PAUSE(timedelta(seconds=5))], config=config,
                                    clock=lambda: int(time.time() * 1000))
     assert [c["user_id"] for c in coupons] == ["quiet"]
-    assert coupons[0]["ts"] == now + 1500
+    assert coupons[0]["ts"] == now + 1000
 
 
 def test_without_wall_time_passing_a_quiet_stream_decides_nothing():
