@@ -117,7 +117,7 @@ class Redemption(NamedTuple):
 @dataclass(frozen=True)
 class CartRules:
     abandon_after_ms: int = 30 * 60_000
-    lateness_ms: int = 500
+    lateness_ms: int = 250
     idle_source_ms: int = 500  # wall time: an input partition silent this long no longer holds the clock
     startup_grace_ms: int = 5_000
     comparison_min_views: int = 1  # views of other items in a cart category, or searches, after the last cart change

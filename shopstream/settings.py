@@ -83,7 +83,7 @@ class Settings:
     coupon_dedupe_ttl_s: int = 604_800
     # abandoned-cart coupons (flows/coupons.py)
     coupon_abandon_after_s: int = 1800
-    coupon_lateness_ms: int = 500
+    coupon_lateness_ms: int = 250
     coupon_buckets: int = 16
     coupon_policy: str = ""
     coupon_metrics_window_s: int = 3600
