@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -82,24 +82,27 @@ class KafkaInputSource(FixedPartitionedSource[InputRecord, int]):
     end of each partition (bounded replays).
     """
 
-    def __init__(self, settings: Settings, topics: Iterable[str], tail: bool = True, batch_size: int = 1000):
+    def __init__(self, settings: Settings, topics: Iterable[str], tail: bool = True, batch_size: int = 1000,
+                 consumer_overrides: Mapping[str, object] | None = None):
         self._settings = settings
         self._topics = list(topics)
         self._tail = tail
         self._batch_size = batch_size
+        self._consumer_overrides = dict(consumer_overrides or {})  # e.g. low-latency fetching
 
     def list_parts(self) -> list[str]:
         return list_partitions(self._settings, self._topics)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "_InputPartition":
         index, topic = for_part.split("-", 1)
-        return _InputPartition(self._settings, step_id, topic, int(index), resume_state, self._tail, self._batch_size)
+        return _InputPartition(self._settings, step_id, topic, int(index), resume_state, self._tail, self._batch_size,
+                               self._consumer_overrides)
 
 
 class _InputPartition(StatefulSourcePartition[InputRecord, int]):
     """Reads one Kafka partition straight into `InputRecord`s (no intermediate objects)."""
 
-    def __init__(self, settings, step_id, topic, partition, resume_offset, tail, batch_size):
+    def __init__(self, settings, step_id, topic, partition, resume_offset, tail, batch_size, overrides=None):
         self._contract_topic = topic[len(settings.topic_prefix) :]
         self._partition = partition
         self._offset = OFFSET_BEGINNING if resume_offset is None else resume_offset
@@ -118,6 +121,7 @@ class _InputPartition(StatefulSourcePartition[InputRecord, int]):
                 # each) would let a backlog of 16 partitions fill a gigabyte.
                 "queued.max.messages.kbytes": PREFETCH_KB_PER_PARTITION,
                 **self._lag_reporting(),
+                **(overrides or {}),
             }
         )
         self._consumer.assign([TopicPartition(topic, partition, self._offset)])
@@ -187,9 +191,9 @@ def producer_config(settings: Settings) -> dict:
 class CheckedProducer:
     """A producer whose `flush` raises if any message since the last flush failed."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, overrides: Mapping[str, object] | None = None):
         self._settings = settings
-        self._producer = Producer(producer_config(settings))
+        self._producer = Producer({**producer_config(settings), **(overrides or {})})
         self._failures: list[str] = []
 
     def _on_delivery(self, err, msg) -> None:
@@ -221,8 +225,8 @@ class CheckedProducer:
 
 
 class _KafkaOutputPartition(StatelessSinkPartition[OutboundMessage]):
-    def __init__(self, settings: Settings):
-        self._producer = CheckedProducer(settings)
+    def __init__(self, settings: Settings, overrides: Mapping[str, object] | None = None):
+        self._producer = CheckedProducer(settings, overrides)
 
     def write_batch(self, items: list[OutboundMessage]) -> None:
         for message in items:
@@ -238,11 +242,12 @@ class _KafkaOutputPartition(StatelessSinkPartition[OutboundMessage]):
 class KafkaOutputSink(DynamicSink[OutboundMessage]):
     """Writes `OutboundMessage`s to their topics; one checked producer per worker."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, producer_overrides: Mapping[str, object] | None = None):
         self._settings = settings
+        self._overrides = dict(producer_overrides or {})  # e.g. linger.ms for low latency
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutputPartition:
-        return _KafkaOutputPartition(self._settings)
+        return _KafkaOutputPartition(self._settings, self._overrides)
 
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[tuple[bytes | None, bytes]]:

@@ -71,8 +71,22 @@ return 1
 """
 
 
+# A fraud decision is given once: the decision key is its own dedupe key. Only the
+# call that creates it pushes to the ready list, so a replay after a crash neither
+# changes a decision already given nor wakes a waiting payment service twice.
+_DECIDE_ONCE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 class _Scripts:
     def __init__(self, client: redis.Redis):
+        self.decide_once = client.register_script(_DECIDE_ONCE)
         self.delete_unless_newer = client.register_script(_DELETE_UNLESS_NEWER)
         self.set_if_newer = client.register_script(_SET_IF_NEWER)
         self.stream_add_once = client.register_script(_STREAM_ADD_ONCE)
@@ -155,6 +169,36 @@ class StreamAddOnce:
             args=[self.dedupe_ttl_s, self.max_len, *flat],
             client=pipe,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DecideOnce:
+    """`decision_key` = `value` unless a decision is there already; only then push it to `ready_list`."""
+
+    decision_key: str
+    ready_list: str
+    value: bytes
+    decision_ttl_s: int
+    ready_ttl_s: int
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        scripts.decide_once(
+            keys=[prefix + self.decision_key, prefix + self.ready_list],
+            args=[self.value, self.decision_ttl_s, self.ready_ttl_s],
+            client=pipe,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SetValue:
+    """`key` = `value` (absolute), with a TTL."""
+
+    key: str
+    value: bytes | str
+    ttl_s: int
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        pipe.set(prefix + self.key, self.value, ex=self.ttl_s)
 
 
 @dataclass(frozen=True, slots=True)
