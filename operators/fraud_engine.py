@@ -309,7 +309,7 @@ class FraudEngine:
         label = self.pending.chargeback(event.payment_id, event.ts)
         if label is not None:
             self._learn(label)
-        log.info("chargeback for payment %s of %s", event.payment_id, self.pseudonym(event.user_id))
+        log.debug("chargeback for payment %s of %s", event.payment_id, self.pseudonym(event.user_id))
 
     def _learn(self, label: Label) -> None:
         self.quality.add(label)
