@@ -63,7 +63,8 @@ def test_window_metrics_count_decisions_and_label_quality():
     assert (first["requested"], first["approved"], first["blocked"]) == (8, 6, 2)
     assert first["blocked_amount"] == 2.0
     e.process([outcome(fraud, T0 + 3 * DAY, "chargeback")], NOW)
-    out = e.process([payment(T0 + 11 * DAY, user="much-later")], NOW)
+    e.process([payment(T0 + 11 * DAY, user="much-later")], NOW)
+    out = e.process([payment(T0 + 11 * DAY + 2 * MINUTE, user="closes-the-window")], NOW)
     quality = out.metrics[-1]
     assert quality["labelled_fraud"] == 1 and quality["recall"] == 0.0  # the fraud was approved
     assert quality["labelled_legit"] == 1 and quality["false_block_rate"] == 0.0
