@@ -42,7 +42,7 @@ class FraudConfig:
     metrics_window_ms: int = MINUTE_MS
     lateness_ms: int = 10_000
     spike_factor: float = 5.0
-    spike_min_blocks: int = 20
+    spike_min_blocks: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +327,10 @@ class FraudEngine:
             if score is not None:
                 thresholds.add(score, (label.pending.schema, label.pending.packed))
         model.learn(features, label.is_fraud)
-        if model.ready and thresholds.added_since_refresh >= max(thresholds.min_scores, thresholds.window // 4):
+        # Rescore the legitimate sample when the model moved: after every fraud label
+        # (chargebacks come days before the legitimate labels of the same period, so
+        # the model drifts towards "fraud" between them) and every quarter window.
+        if model.ready and (label.is_fraud or thresholds.added_since_refresh >= thresholds.window // 4):
             codec = self.bundle.codec
             thresholds.refresh(lambda item: model.score(codec.decode(*item)))
 

@@ -90,7 +90,7 @@ class Settings:
     fraud_model_dir: Path = Path(".shopstream/models/fraud")
     fraud_metrics_window_s: int = 60
     fraud_spike_factor: int = 5
-    fraud_spike_min_blocks: int = 20
+    fraud_spike_min_blocks: int = 5
     fraud_client_timeout_ms: int = 80
     fraud_fail_open_amount: int = 500
     pseudonym_key: str = ""
