@@ -42,7 +42,7 @@ def _squash(x: Mapping[str, float]) -> dict[str, float]:
 class FraudModel:
     fraud_weight: float = 10.0
     min_fraud_labels: int = 5
-    learning_rate: float = 0.01
+    learning_rate: float = 0.001
     fraud_labels: int = 0
     legit_labels: int = 0
     version: int = 0  # bumped at every checkpoint
@@ -50,7 +50,9 @@ class FraudModel:
 
     def __post_init__(self) -> None:
         if self.pipeline is None:
-            self.pipeline = linear_model.LogisticRegression(optimizer=optim.SGD(self.learning_rate), l2=1e-3)
+            # Adam: per-feature step sizes, so features that fraud rarely shows (a
+            # takeover's risky signals next to a stolen card's young account) still learn.
+            self.pipeline = linear_model.LogisticRegression(optimizer=optim.Adam(self.learning_rate), l2=1e-3)
 
     @property
     def ready(self) -> bool:
