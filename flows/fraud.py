@@ -43,6 +43,7 @@ from operators.fraud_engine import FraudConfig, FraudEngine, FraudOutputs, Model
 from operators.fraud_features import DAY_MS
 from operators.fraud_rules import FraudRules
 from operators.pseudonym import Pseudonymizer
+from flows.stock import tune_gc_for_a_ledger_process
 from shopstream.settings import Settings
 from state.alert_candidates import candidate_message
 from state.inputs import decode_record
@@ -57,9 +58,11 @@ FRAUD_TOPICS = ("payments",)
 DECISION_TTL_S = 24 * 3600  # CONTRACT: fraud:decision TTL 24 h
 READY_TTL_S = 60  # CONTRACT: fraud:ready TTL 60 s
 
-# A decision waits in no queue: fetch as soon as one message is there, send at once.
+# A decision waits in no queue: the broker answers a fetch as soon as one message is
+# there. The sink flushes every batch (which sends at once, whatever linger.ms says),
+# so a small linger only lets a batch's messages share requests.
 LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}
-LOW_LATENCY_PRODUCER = {"linger.ms": 0}
+LOW_LATENCY_PRODUCER = {"linger.ms": 2}
 
 
 @dataclass(frozen=True)
@@ -165,11 +168,13 @@ def engine_for(resumed: "FraudEngine | PickledEngine | None", config: FraudFlowC
 def fraud_outputs(out: FraudOutputs, flag_ttl_s: int) -> tuple[list[RedisWrite], list[OutboundMessage]]:
     writes: list[RedisWrite] = []
     messages: list[OutboundMessage] = []
+    entries = []
     for decision in out.decisions:
         value = dumps(decision.to_dict())
-        writes.append(DecideOnce(f"fraud:decision:{decision.payment_id}", f"fraud:ready:{decision.payment_id}",
-                                 value, DECISION_TTL_S, READY_TTL_S))
+        entries.append((f"fraud:decision:{decision.payment_id}", f"fraud:ready:{decision.payment_id}", value))
         messages.append(OutboundMessage("fraud-decisions", decision.payment_id.encode(), value))
+    if entries:
+        writes.append(DecideOnce(tuple(entries), DECISION_TTL_S, READY_TTL_S))
     for flag in out.flags:
         writes.append(SetValue(f"fraud:flagged:{flag.user_id}", dumps({"reason": flag.reason, "ts": flag.ts}),
                                flag_ttl_s))
@@ -212,6 +217,9 @@ def flow_config(settings: Settings) -> FraudFlowConfig:
 
 
 def flow_from_settings(settings: Settings) -> Dataflow:
+    # Feature state and pending labels are many long-lived objects; every payment
+    # allocates short-lived ones. The default collector rescans the former all the time.
+    tune_gc_for_a_ledger_process()
     store = ModelStore(settings.fraud_model_dir)
     warm_start = store.load_latest()
     if warm_start is not None:

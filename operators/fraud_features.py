@@ -28,10 +28,32 @@ DAY_MS = 24 * HOUR_MS
 # Velocity windows: a burst (1 min), a session (10 min), an hour.
 WINDOWS_MS = (("1m", MINUTE_MS), ("10m", 10 * MINUTE_MS), ("1h", HOUR_MS))
 LONGEST_WINDOW_MS = HOUR_MS
+# A busy entity drops its past beyond the longest window once it is this old: trimming
+# in steps keeps the work per payment constant (and out-of-order events still count).
+TRIM_AFTER_MS = LONGEST_WINDOW_MS + 10 * MINUTE_MS
 NEW_ACCOUNT_MS = DAY_MS
 MAX_DEVICES_PER_USER = 16  # a user's known devices, most recent kept
 
 V = TypeVar("V")
+
+
+def _names(entity: str, cards: bool, users: bool) -> tuple:
+    """Feature names of one entity, built once: (attempts per window, failures, cards, users)."""
+    return (
+        tuple(f"{entity}_attempts_{label}" for label, _ in WINDOWS_MS),
+        f"{entity}_failures_1h",
+        (f"{entity}_cards_10m", f"{entity}_cards_1h") if cards else (),
+        f"{entity}_users_1h" if users else None,
+    )
+
+
+# In the order of FeatureState._entities: card, device, IP, user.
+_FEATURE_NAMES = (
+    _names("card", cards=False, users=False),
+    _names("device", cards=True, users=True),
+    _names("ip", cards=True, users=True),
+    _names("user", cards=True, users=False),
+)
 
 
 class _ExpiringMap(Generic[V]):
@@ -149,6 +171,14 @@ class FeatureState:
     users: _ExpiringMap[_Activity] = field(default_factory=_ExpiringMap)
     histories: _ExpiringMap[UserHistory] = field(default_factory=_ExpiringMap)
 
+    def _entities(self, payment: PaymentEvent) -> tuple[tuple[_ExpiringMap[_Activity], str | None], ...]:
+        return (
+            (self.cards, payment.card_fingerprint),
+            (self.devices, payment.device_id),
+            (self.ips, payment.ip),
+            (self.users, payment.user_id),
+        )
+
     def _activities(self, payment: PaymentEvent) -> list[tuple[str, _ExpiringMap[_Activity], str | None]]:
         return [
             ("card", self.cards, payment.card_fingerprint),
@@ -161,24 +191,30 @@ class FeatureState:
         """The payment's features from the state before it; then the payment is recorded."""
         ts = payment.ts
         x: dict[str, float] = {}
-        for name, table, key in self._activities(payment):
+        since = [ts - width for _, width in WINDOWS_MS]
+        since_10m, since_1h = ts - 10 * MINUTE_MS, ts - HOUR_MS
+        for (table, key), names in zip(self._entities(payment), _FEATURE_NAMES):
             activity = None if key is None else table.get(key)
+            attempt_names, failures_name, cards_names, users_name = names
             if activity is None:
-                for label, _ in WINDOWS_MS:
-                    x[f"{name}_attempts_{label}"] = 0.0
-                x[f"{name}_failures_1h"] = 0.0
-            else:
-                for label, width in WINDOWS_MS:
-                    x[f"{name}_attempts_{label}"] = float(_count_since(activity.attempts, ts - width))
-                x[f"{name}_failures_1h"] = float(_count_since(activity.failures, ts - HOUR_MS))
-            if name in ("device", "ip", "user"):
-                x[f"{name}_cards_10m"] = 0.0 if activity is None else float(
-                    _distinct_since(activity.cards, ts - 10 * MINUTE_MS))
-                x[f"{name}_cards_1h"] = 0.0 if activity is None else float(
-                    _distinct_since(activity.cards, ts - HOUR_MS))
-            if name in ("device", "ip"):
-                x[f"{name}_users_1h"] = 0.0 if activity is None else float(
-                    _distinct_since(activity.users, ts - HOUR_MS))
+                for name in attempt_names:
+                    x[name] = 0.0
+                x[failures_name] = 0.0
+                if cards_names:
+                    x[cards_names[0]] = x[cards_names[1]] = 0.0
+                if users_name:
+                    x[users_name] = 0.0
+                continue
+            attempts = activity.attempts
+            count = len(attempts)
+            for name, start_ts in zip(attempt_names, since):
+                x[name] = float(count - bisect_left(attempts, start_ts))
+            x[failures_name] = float(_count_since(activity.failures, since_1h))
+            if cards_names:
+                x[cards_names[0]] = float(_distinct_since(activity.cards, since_10m))
+                x[cards_names[1]] = float(_distinct_since(activity.cards, since_1h))
+            if users_name:
+                x[users_name] = float(_distinct_since(activity.users, since_1h))
 
         history = self.histories.get(payment.user_id)
         x["amount_log"] = math.log1p(payment.amount)
@@ -226,6 +262,8 @@ class FeatureState:
             activity = table.get(key)
             if activity is None:
                 activity = _Activity()
+            elif activity.attempts[0] < ts - TRIM_AFTER_MS:
+                activity.trim(ts - LONGEST_WINDOW_MS)
             _insort(activity.attempts, ts)
             if card is not None and name != "card":
                 activity.cards.append((ts, card))
@@ -249,14 +287,11 @@ class FeatureState:
                 table.touch(key, ts, activity)
 
     def expire(self, now_ts: int) -> None:
-        """Forget velocity older than the longest window and users quiet for `history_ms`."""
+        """Forget entities quiet for the longest window and users quiet for `history_ms`.
+        (Entities still active trim their own past as they go, in `_record`.)"""
         before = now_ts - LONGEST_WINDOW_MS
         for table in (self.cards, self.devices, self.ips, self.users):
             table.expire(before)
-            # Entities still active keep only the window's worth of their own past.
-            for _, activity in table.entries.values():
-                if activity.attempts and activity.attempts[0] < before:
-                    activity.trim(before)
         self.histories.expire(now_ts - self.history_ms)
 
     def size(self) -> int:

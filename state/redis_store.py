@@ -74,13 +74,19 @@ return 1
 # A fraud decision is given once: the decision key is its own dedupe key. Only the
 # call that creates it pushes to the ready list, so a replay after a crash neither
 # changes a decision already given nor wakes a waiting payment service twice.
+# One call decides a whole batch: KEYS are (decision key, ready list) pairs, ARGV
+# the two TTLs and then one value per pair.
 _DECIDE_ONCE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-  return 1
+local written = 0
+for i = 1, #KEYS / 2 do
+  local value = ARGV[i + 2]
+  if redis.call('SET', KEYS[2 * i - 1], value, 'NX', 'EX', ARGV[1]) then
+    redis.call('RPUSH', KEYS[2 * i], value)
+    redis.call('EXPIRE', KEYS[2 * i], ARGV[2])
+    written = written + 1
+  end
 end
-return 0
+return written
 """
 
 
@@ -173,20 +179,20 @@ class StreamAddOnce:
 
 @dataclass(frozen=True, slots=True)
 class DecideOnce:
-    """`decision_key` = `value` unless a decision is there already; only then push it to `ready_list`."""
+    """For each (decision key, ready list, value): set the key unless a decision is
+    there already, and only then push the value to the list. A batch is one script
+    call (per-call overhead in the client was most of the cost of a decision)."""
 
-    decision_key: str
-    ready_list: str
-    value: bytes
+    entries: tuple[tuple[str, str, bytes], ...]
     decision_ttl_s: int
     ready_ttl_s: int
 
     def apply(self, pipe, prefix, scripts) -> None:
-        scripts.decide_once(
-            keys=[prefix + self.decision_key, prefix + self.ready_list],
-            args=[self.value, self.decision_ttl_s, self.ready_ttl_s],
-            client=pipe,
-        )
+        if not self.entries:
+            return
+        keys = [prefix + key for decision_key, ready_list, _ in self.entries for key in (decision_key, ready_list)]
+        args = [self.decision_ttl_s, self.ready_ttl_s, *(value for _, _, value in self.entries)]
+        scripts.decide_once(keys=keys, args=args, client=pipe)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,16 +44,18 @@ def stored_decisions(redis_client, settings, ids) -> dict[str, bytes]:
 
 
 def test_the_decision_script_writes_once_and_pushes_once(settings, redis_client):
-    first = DecideOnce("fraud:decision:p1", "fraud:ready:p1", b'{"decision":"approve"}', 86400, 60)
-    replayed = DecideOnce("fraud:decision:p1", "fraud:ready:p1", b'{"decision":"block"}', 86400, 60)
+    first = DecideOnce((("fraud:decision:p1", "fraud:ready:p1", b'{"decision":"approve"}'),), 86400, 60)
+    replayed = DecideOnce((("fraud:decision:p1", "fraud:ready:p1", b'{"decision":"block"}'),
+                           ("fraud:decision:p2", "fraud:ready:p2", b'{"decision":"review"}')), 86400, 60)
     partition = RedisSink(settings).build("redis", 0, 1)
     try:
         partition.write_batch([first])
-        partition.write_batch([replayed, first])
+        partition.write_batch([replayed, first, replayed])
     finally:
         partition.close()
     assert redis_client.get(settings.redis_key("fraud:decision:p1")) == b'{"decision":"approve"}'
     assert redis_client.lrange(settings.redis_key("fraud:ready:p1"), 0, -1) == [b'{"decision":"approve"}']
+    assert redis_client.lrange(settings.redis_key("fraud:ready:p2"), 0, -1) == [b'{"decision":"review"}']
     assert 86000 < redis_client.ttl(settings.redis_key("fraud:decision:p1")) <= 86400
     assert 0 < redis_client.ttl(settings.redis_key("fraud:ready:p1")) <= 60
 

@@ -37,8 +37,9 @@ def test_every_requested_payment_gets_one_decision_in_redis_and_on_the_topic():
     kafka_out, redis_out, models_out = run_fraud(records)
 
     decide = [w for w in redis_out if isinstance(w, DecideOnce)]
-    assert sorted(w.decision_key for w in decide) == sorted(f"fraud:decision:{p}" for p in requested)
-    assert all(w.ready_list == w.decision_key.replace("decision", "ready") for w in decide)
+    entries = [entry for w in decide for entry in w.entries]
+    assert sorted(key for key, _, _ in entries) == sorted(f"fraud:decision:{p}" for p in requested)
+    assert all(ready == key.replace("decision", "ready") for key, ready, _ in entries)
     assert all((w.decision_ttl_s, w.ready_ttl_s) == (86400, 60) for w in decide)
     topic = [m for m in kafka_out if m.topic == "fraud-decisions"]
     assert len(topic) == len(requested)
@@ -68,4 +69,4 @@ def test_bad_input_is_skipped_not_fatal():
     ]
     assert [len(batch.payments) for _, batch in decode_batch(records, 3_600_000, NOW_MS)] == [1]
     kafka_out, redis_out, _ = run_fraud(records)
-    assert [w.decision_key for w in redis_out if isinstance(w, DecideOnce)] == ["fraud:decision:p1"]
+    assert [e[0] for w in redis_out if isinstance(w, DecideOnce) for e in w.entries] == ["fraud:decision:p1"]
