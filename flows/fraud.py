@@ -225,7 +225,9 @@ def flow_from_settings(settings: Settings) -> Dataflow:
     if warm_start is not None:
         log.info("fraud model warm start from %s", store.path(store.versions()[-1]))
     return build_flow(
-        KafkaInputSource(settings, FRAUD_TOPICS, consumer_overrides=LOW_LATENCY_CONSUMER),
+        # Polls never wait: a quiet partition must not hold up a busy one (Bytewax
+        # itself pauses a partition 1 ms after an empty poll).
+        KafkaInputSource(settings, FRAUD_TOPICS, consumer_overrides=LOW_LATENCY_CONSUMER, poll_timeout_s=0),
         KafkaOutputSink(settings, producer_overrides=LOW_LATENCY_PRODUCER),
         RedisSink(settings),
         ModelCheckpointSink(settings.fraud_model_dir),

@@ -72,11 +72,15 @@ class FraudClient:
         return Verdict(payment_id, decision, "fallback", (reason,), waited_ms=(time.monotonic() - started) * 1000)
 
     def publish(self, payment: Mapping[str, Any]) -> None:
-        """Produce the `requested` payment (raises DeliveryError if Kafka refuses it)."""
+        """Produce the `requested` payment and send it at once, without waiting for the
+        broker's acknowledgement: the decision itself is the acknowledgement, and if it
+        does not come, the fallback applies. A delivery failure reported meanwhile
+        raises DeliveryError on the next publish."""
         if self._producer is None:
             self._producer = CheckedProducer(self._settings, {"linger.ms": 0})
+        self._producer.raise_failures()
         self._producer.produce("payments", str(payment["user_id"]).encode(), orjson.dumps(dict(payment)))
-        self._producer.flush()
+        self._producer.poll()
 
     def check(self, payment: Mapping[str, Any]) -> Verdict:
         """Publish and wait; never raises for an engine or broker problem, falls back instead."""

@@ -83,12 +83,15 @@ class KafkaInputSource(FixedPartitionedSource[InputRecord, int]):
     """
 
     def __init__(self, settings: Settings, topics: Iterable[str], tail: bool = True, batch_size: int = 1000,
-                 consumer_overrides: Mapping[str, object] | None = None):
+                 consumer_overrides: Mapping[str, object] | None = None, poll_timeout_s: float = 0.001):
         self._settings = settings
         self._topics = list(topics)
         self._tail = tail
         self._batch_size = batch_size
         self._consumer_overrides = dict(consumer_overrides or {})  # e.g. low-latency fetching
+        # How long one partition's poll may block the worker when it has nothing: with
+        # several partitions per worker, an empty poll of each adds up before a busy one is read.
+        self._poll_timeout_s = poll_timeout_s
 
     def list_parts(self) -> list[str]:
         return list_partitions(self._settings, self._topics)
@@ -96,13 +99,15 @@ class KafkaInputSource(FixedPartitionedSource[InputRecord, int]):
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "_InputPartition":
         index, topic = for_part.split("-", 1)
         return _InputPartition(self._settings, step_id, topic, int(index), resume_state, self._tail, self._batch_size,
-                               self._consumer_overrides)
+                               self._consumer_overrides, self._poll_timeout_s)
 
 
 class _InputPartition(StatefulSourcePartition[InputRecord, int]):
     """Reads one Kafka partition straight into `InputRecord`s (no intermediate objects)."""
 
-    def __init__(self, settings, step_id, topic, partition, resume_offset, tail, batch_size, overrides=None):
+    def __init__(self, settings, step_id, topic, partition, resume_offset, tail, batch_size, overrides=None,
+                 poll_timeout_s=0.001):
+        self._poll_timeout_s = poll_timeout_s
         self._contract_topic = topic[len(settings.topic_prefix) :]
         self._partition = partition
         self._offset = OFFSET_BEGINNING if resume_offset is None else resume_offset
@@ -147,7 +152,7 @@ class _InputPartition(StatefulSourcePartition[InputRecord, int]):
         if self._eof:
             raise StopIteration()
         records = []
-        for msg in self._consumer.consume(self._batch_size, 0.001):
+        for msg in self._consumer.consume(self._batch_size, self._poll_timeout_s):
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
@@ -209,6 +214,16 @@ class CheckedProducer:
             except BufferError:
                 # Local queue full: serve delivery reports to make room, then retry.
                 self._producer.poll(0.05)
+
+    def poll(self) -> None:
+        """Send what is queued and serve delivery reports, without waiting."""
+        self._producer.poll(0)
+
+    def raise_failures(self) -> None:
+        """Raise DeliveryError for failures reported since the last check."""
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise DeliveryError(f"Kafka rejected {len(failures)} message(s); first: {failures[0]}")
 
     def flush(self) -> None:
         remaining = self._producer.flush(DELIVERY_TIMEOUT_S)
