@@ -24,6 +24,7 @@ Run it the Bytewax way: `python -m bytewax.run flows.fraud:flow -r DIR -s 5 -b 0
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import secrets
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from operators.fraud_features import DAY_MS
 from operators.fraud_rules import FraudRules
 from operators.pseudonym import Pseudonymizer
 from flows.stock import tune_gc_for_a_ledger_process
-from shopstream.settings import Settings
+from shopstream.settings import ConfigError, Settings
 from state.alert_candidates import candidate_message
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
@@ -216,7 +217,21 @@ def flow_config(settings: Settings) -> FraudFlowConfig:
     )
 
 
+def raise_cpu_priority(nice: int) -> None:
+    """The payment service waits on this process: on a shared host it should get the
+    CPU first (SHOPSTREAM_FRAUD_NICE < 0 needs root or CAP_SYS_NICE)."""
+    if nice == 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        raise ConfigError(
+            f"SHOPSTREAM_FRAUD_NICE={nice} needs root or CAP_SYS_NICE; set it to 0 or grant the capability"
+        ) from None
+
+
 def flow_from_settings(settings: Settings) -> Dataflow:
+    raise_cpu_priority(settings.fraud_nice)
     # Feature state and pending labels are many long-lived objects; every payment
     # allocates short-lived ones. The default collector rescans the former all the time.
     tune_gc_for_a_ledger_process()

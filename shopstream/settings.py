@@ -93,6 +93,7 @@ class Settings:
     fraud_spike_min_blocks: int = 5
     fraud_client_timeout_ms: int = 80
     fraud_fail_open_amount: int = 500
+    fraud_nice: int = 0
     pseudonym_key: str = ""
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
@@ -255,6 +256,7 @@ _SPECS = (
     _Spec("fraud_spike_min_blocks", "SHOPSTREAM_FRAUD_SPIKE_MIN_BLOCKS", int, 1),
     _Spec("fraud_client_timeout_ms", "SHOPSTREAM_FRAUD_CLIENT_TIMEOUT_MS", int, 1),
     _Spec("fraud_fail_open_amount", "SHOPSTREAM_FRAUD_FAIL_OPEN_AMOUNT", int, 0),
+    _Spec("fraud_nice", "SHOPSTREAM_FRAUD_NICE", int, -20),
     _Spec("pseudonym_key", "SHOPSTREAM_PSEUDONYM_KEY", str),
 )
 
