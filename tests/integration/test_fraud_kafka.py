@@ -118,8 +118,11 @@ def test_the_client_gets_the_engines_decision(fraud_settings):
         verdict = client.check(_payment("pay-client-1", 80.0))
         assert verdict.source == "engine" and verdict.decision == "approve"
         assert verdict.model_version is not None
-        fast = FraudClient(settings, timeout_ms=2_000).check(_payment("pay-client-2", 90.0))
-        assert fast.source == "engine"
+        fast_client = FraudClient(settings, timeout_ms=2_000)
+        try:
+            assert fast_client.check(_payment("pay-client-2", 90.0)).source == "engine"
+        finally:
+            fast_client.close()
     finally:
         client.close()
         stop_all(processes)
