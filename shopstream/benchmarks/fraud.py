@@ -254,18 +254,19 @@ def main(argv: list[str] | None = None) -> None:
                   f"{result['events_per_cpu_s'] * share:,.0f} decisions per CPU second of the flow process; "
                   f"peak RSS {result['peak_rss_mb']} MB", flush=True)
         if args.what in ("all", "latency"):
-            live = replace(bench._bench_settings(settings, 1, scratch / "latency"),
-                           fraud_model_dir=scratch / "models-latency")
-            services.create_topics(live)
-            try:
-                result = decision_latency(live, args.background_rate, args.seconds, args.seed)
-            finally:
-                services.delete_topics(live)
-            print(f"fraud decision latency (produce -> decision read from Redis by the client), "
-                  f"background {result['background']}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
-                  f"max {result['max_ms']} ms over {result['probes']:,} probes ({result['fallbacks']} fallbacks)",
-                  flush=True)
-
+            # The same probes without background traffic first: the baseline of this run.
+            for n, rate in enumerate((0.0, args.background_rate)):
+                live = replace(bench._bench_settings(settings, 1, scratch / f"latency{n}"),
+                               fraud_model_dir=scratch / f"models-latency{n}")
+                services.create_topics(live)
+                try:
+                    result = decision_latency(live, rate, args.seconds, args.seed)
+                finally:
+                    services.delete_topics(live)
+                print(f"fraud decision latency (produce -> decision read from Redis by the client), "
+                      f"background {result['background']}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+                      f"max {result['max_ms']} ms over {result['probes']:,} probes ({result['fallbacks']} fallbacks); "
+                      f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
 
 if __name__ == "__main__":
     main()
