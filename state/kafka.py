@@ -232,11 +232,7 @@ class CheckedProducer:
                 f"{remaining} message(s) still undelivered after {DELIVERY_TIMEOUT_S:.0f}s; "
                 f"is Kafka at {self._settings.kafka_bootstrap_servers} reachable?"
             )
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise DeliveryError(
-                f"Kafka rejected {len(failures)} message(s); first: {failures[0]}"
-            )
+        self.raise_failures()
 
 
 class _KafkaOutputPartition(StatelessSinkPartition[OutboundMessage]):
