@@ -28,6 +28,7 @@ FLOWS: dict[str, str] = {
     "stock": "flows.stock:flow",
     "alerts": "flows.alerts:flow",
     "coupons": "flows.coupons:flow",
+    "fraud": "flows.fraud:flow",
 }
 
 # How long a stopping flow may take to exit before it is killed.

@@ -87,11 +87,28 @@ class Settings:
     coupon_buckets: int = 16
     coupon_policy: str = ""
     coupon_metrics_window_s: int = 3600
+    # fraud flow (flows/fraud.py)
+    fraud_label_horizon_days: int = 30
+    fraud_block_good_bp: int = 10
+    fraud_review_good_bp: int = 100
+    fraud_card_test_cards: int = 5
+    fraud_card_test_attempts: int = 10
+    fraud_history_days: int = 90
+    fraud_flag_ttl_days: int = 30
+    fraud_checkpoint_interval_s: int = 300
+    fraud_model_dir: Path = Path(".shopstream/models/fraud")
+    fraud_metrics_window_s: int = 60
+    fraud_spike_factor: int = 5
+    fraud_spike_min_blocks: int = 5
+    fraud_client_timeout_ms: int = 80
+    fraud_fail_open_amount: int = 500
+    fraud_nice: int = 0
+    pseudonym_key: str = ""
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Paths may arrive as strings from code (overrides); normalise them once here.
-        for name in ("recovery_dir", "services_dir", "cache_dir"):
+        for name in ("recovery_dir", "services_dir", "cache_dir", "fraud_model_dir"):
             value = getattr(self, name)
             if not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value).expanduser())
@@ -164,6 +181,13 @@ class Settings:
                 f"SHOPSTREAM_ALERT_TRAFFIC_DROP_PCT must be between 1 and 99, got {self.alert_traffic_drop_pct}"
             )
         _check_coupon_policy(self.coupon_policy)
+        if self.fraud_review_good_bp < self.fraud_block_good_bp or self.fraud_review_good_bp >= 10_000:
+            raise ConfigError(
+                "SHOPSTREAM_FRAUD_REVIEW_GOOD_BP must be at least SHOPSTREAM_FRAUD_BLOCK_GOOD_BP and below 10000, "
+                f"got {self.fraud_review_good_bp} (block {self.fraud_block_good_bp})"
+            )
+        if self.pseudonym_key and len(self.pseudonym_key) < 16:
+            raise ConfigError("SHOPSTREAM_PSEUDONYM_KEY must be at least 16 characters (a random secret)")
         for spec in _SPECS:
             if spec.minimum is not None and getattr(self, spec.name) < spec.minimum:
                 raise ConfigError(
@@ -236,6 +260,23 @@ _SPECS = (
     _Spec("coupon_buckets", "SHOPSTREAM_COUPON_BUCKETS", int, 1),
     _Spec("coupon_policy", "SHOPSTREAM_COUPON_POLICY", str),
     _Spec("coupon_metrics_window_s", "SHOPSTREAM_COUPON_METRICS_WINDOW_S", int, 1),
+    # fraud flow (flows/fraud.py)
+    _Spec("fraud_label_horizon_days", "SHOPSTREAM_FRAUD_LABEL_HORIZON_DAYS", int, 1),
+    _Spec("fraud_block_good_bp", "SHOPSTREAM_FRAUD_BLOCK_GOOD_BP", int, 1),
+    _Spec("fraud_review_good_bp", "SHOPSTREAM_FRAUD_REVIEW_GOOD_BP", int, 1),
+    _Spec("fraud_card_test_cards", "SHOPSTREAM_FRAUD_CARD_TEST_CARDS", int, 2),
+    _Spec("fraud_card_test_attempts", "SHOPSTREAM_FRAUD_CARD_TEST_ATTEMPTS", int, 2),
+    _Spec("fraud_history_days", "SHOPSTREAM_FRAUD_HISTORY_DAYS", int, 1),
+    _Spec("fraud_flag_ttl_days", "SHOPSTREAM_FRAUD_FLAG_TTL_DAYS", int, 1),
+    _Spec("fraud_checkpoint_interval_s", "SHOPSTREAM_FRAUD_CHECKPOINT_INTERVAL_S", int, 1),
+    _Spec("fraud_model_dir", "SHOPSTREAM_FRAUD_MODEL_DIR", Path),
+    _Spec("fraud_metrics_window_s", "SHOPSTREAM_FRAUD_METRICS_WINDOW_S", int, 1),
+    _Spec("fraud_spike_factor", "SHOPSTREAM_FRAUD_SPIKE_FACTOR", int, 2),
+    _Spec("fraud_spike_min_blocks", "SHOPSTREAM_FRAUD_SPIKE_MIN_BLOCKS", int, 1),
+    _Spec("fraud_client_timeout_ms", "SHOPSTREAM_FRAUD_CLIENT_TIMEOUT_MS", int, 1),
+    _Spec("fraud_fail_open_amount", "SHOPSTREAM_FRAUD_FAIL_OPEN_AMOUNT", int, 0),
+    _Spec("fraud_nice", "SHOPSTREAM_FRAUD_NICE", int, -20),
+    _Spec("pseudonym_key", "SHOPSTREAM_PSEUDONYM_KEY", str),
 )
 
 assert {s.name for s in _SPECS} | {"kafka_security"} == {f.name for f in fields(Settings)}

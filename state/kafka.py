@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import Iterable, Mapping, NamedTuple
 
 from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -82,24 +82,32 @@ class KafkaInputSource(FixedPartitionedSource[InputRecord, int]):
     end of each partition (bounded replays).
     """
 
-    def __init__(self, settings: Settings, topics: Iterable[str], tail: bool = True, batch_size: int = 1000):
+    def __init__(self, settings: Settings, topics: Iterable[str], tail: bool = True, batch_size: int = 1000,
+                 consumer_overrides: Mapping[str, object] | None = None, poll_timeout_s: float = 0.001):
         self._settings = settings
         self._topics = list(topics)
         self._tail = tail
         self._batch_size = batch_size
+        self._consumer_overrides = dict(consumer_overrides or {})  # e.g. low-latency fetching
+        # How long one partition's poll may block the worker when it has nothing: with
+        # several partitions per worker, an empty poll of each adds up before a busy one is read.
+        self._poll_timeout_s = poll_timeout_s
 
     def list_parts(self) -> list[str]:
         return list_partitions(self._settings, self._topics)
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> "_InputPartition":
         index, topic = for_part.split("-", 1)
-        return _InputPartition(self._settings, step_id, topic, int(index), resume_state, self._tail, self._batch_size)
+        return _InputPartition(self._settings, step_id, topic, int(index), resume_state, self._tail, self._batch_size,
+                               self._consumer_overrides, self._poll_timeout_s)
 
 
 class _InputPartition(StatefulSourcePartition[InputRecord, int]):
     """Reads one Kafka partition straight into `InputRecord`s (no intermediate objects)."""
 
-    def __init__(self, settings, step_id, topic, partition, resume_offset, tail, batch_size):
+    def __init__(self, settings, step_id, topic, partition, resume_offset, tail, batch_size, overrides=None,
+                 poll_timeout_s=0.001):
+        self._poll_timeout_s = poll_timeout_s
         self._contract_topic = topic[len(settings.topic_prefix) :]
         self._partition = partition
         self._offset = OFFSET_BEGINNING if resume_offset is None else resume_offset
@@ -118,6 +126,7 @@ class _InputPartition(StatefulSourcePartition[InputRecord, int]):
                 # each) would let a backlog of 16 partitions fill a gigabyte.
                 "queued.max.messages.kbytes": PREFETCH_KB_PER_PARTITION,
                 **self._lag_reporting(),
+                **(overrides or {}),
             }
         )
         self._consumer.assign([TopicPartition(topic, partition, self._offset)])
@@ -143,7 +152,7 @@ class _InputPartition(StatefulSourcePartition[InputRecord, int]):
         if self._eof:
             raise StopIteration()
         records = []
-        for msg in self._consumer.consume(self._batch_size, 0.001):
+        for msg in self._consumer.consume(self._batch_size, self._poll_timeout_s):
             error = msg.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
@@ -187,9 +196,9 @@ def producer_config(settings: Settings) -> dict:
 class CheckedProducer:
     """A producer whose `flush` raises if any message since the last flush failed."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, overrides: Mapping[str, object] | None = None):
         self._settings = settings
-        self._producer = Producer(producer_config(settings))
+        self._producer = Producer({**producer_config(settings), **(overrides or {})})
         self._failures: list[str] = []
 
     def _on_delivery(self, err, msg) -> None:
@@ -206,6 +215,16 @@ class CheckedProducer:
                 # Local queue full: serve delivery reports to make room, then retry.
                 self._producer.poll(0.05)
 
+    def poll(self) -> None:
+        """Send what is queued and serve delivery reports, without waiting."""
+        self._producer.poll(0)
+
+    def raise_failures(self) -> None:
+        """Raise DeliveryError for failures reported since the last check."""
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise DeliveryError(f"Kafka rejected {len(failures)} message(s); first: {failures[0]}")
+
     def flush(self) -> None:
         remaining = self._producer.flush(DELIVERY_TIMEOUT_S)
         if remaining:
@@ -213,16 +232,12 @@ class CheckedProducer:
                 f"{remaining} message(s) still undelivered after {DELIVERY_TIMEOUT_S:.0f}s; "
                 f"is Kafka at {self._settings.kafka_bootstrap_servers} reachable?"
             )
-        if self._failures:
-            failures, self._failures = self._failures, []
-            raise DeliveryError(
-                f"Kafka rejected {len(failures)} message(s); first: {failures[0]}"
-            )
+        self.raise_failures()
 
 
 class _KafkaOutputPartition(StatelessSinkPartition[OutboundMessage]):
-    def __init__(self, settings: Settings):
-        self._producer = CheckedProducer(settings)
+    def __init__(self, settings: Settings, overrides: Mapping[str, object] | None = None):
+        self._producer = CheckedProducer(settings, overrides)
 
     def write_batch(self, items: list[OutboundMessage]) -> None:
         for message in items:
@@ -238,11 +253,12 @@ class _KafkaOutputPartition(StatelessSinkPartition[OutboundMessage]):
 class KafkaOutputSink(DynamicSink[OutboundMessage]):
     """Writes `OutboundMessage`s to their topics; one checked producer per worker."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, producer_overrides: Mapping[str, object] | None = None):
         self._settings = settings
+        self._overrides = dict(producer_overrides or {})  # e.g. linger.ms for low latency
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaOutputPartition:
-        return _KafkaOutputPartition(self._settings)
+        return _KafkaOutputPartition(self._settings, self._overrides)
 
 
 def read_topic(settings: Settings, topic: str, timeout_s: float = 20.0) -> list[tuple[bytes | None, bytes]]:
