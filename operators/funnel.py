@@ -134,11 +134,12 @@ def _restore_session(user_id, channel, region, device, last_ts, experiment, conv
 
 
 class _Window:
-    __slots__ = ("sessions", "kpi")
+    __slots__ = ("sessions", "kpi", "payers")
 
     def __init__(self) -> None:
         self.sessions: dict[str, int] = {}  # session id -> deepest stage reached in this window
         self.kpi: dict[str, list] = {}  # channel -> KPI tallies
+        self.payers: dict[str, bool] = {}  # user who tried to pay -> any payment succeeded
 
 
 END_OF_INPUT = 2**62  # `closed_through` of a bucket whose input has ended
@@ -155,6 +156,8 @@ class WindowPartial:
     stage_hist: dict[SeriesKey, list[int]]  # sessions by the deepest stage reached in the window
     users: dict[str, int]  # distinct users per channel, and under "all"
     kpi: dict[str, list]  # channel -> KPI tallies
+    payers: int = 0  # users who tried to pay in the window...
+    payers_failed: int = 0  # ...and whose every payment in it failed
 
 
 @dataclass(frozen=True)
@@ -303,8 +306,10 @@ class FunnelBucket:
             tallies[KPI_GMV] += event.amount
         elif kind == PAYMENT_SUCCEEDED:
             tallies[KPI_PAYMENTS_OK] += 1
+            window.payers[event.user_id] = True
         else:
             tallies[KPI_PAYMENTS_FAILED] += 1
+            window.payers.setdefault(event.user_id, False)
 
     # -- closing windows --------------------------------------------------------------------
     def advance(self, now_ms: int) -> list[BucketReport]:
@@ -372,7 +377,8 @@ class FunnelBucket:
             channel_users.add(session.user_id)
         users = {channel: len(members) for channel, members in users_by_channel.items()}
         users["all"] = len(users_all)
-        return WindowPartial(start, hist, users, window.kpi)
+        payers_failed = sum(1 for succeeded in window.payers.values() if not succeeded)
+        return WindowPartial(start, hist, users, window.kpi, len(window.payers), payers_failed)
 
     def _expire(self, watermark: int) -> None:
         horizon = watermark - self.rules.session_timeout_ms

@@ -1,5 +1,10 @@
 """Detectors on the funnel's closed windows: `payment.failure_rate` and `funnel.dropoff`.
 
+`payment.failure_rate` counts shoppers, not payment attempts: a shopper who tried
+to pay in a window failed if none of their payments in it succeeded. So a card-testing
+bot's hundred declines (fraud's business) or a shopper's retries do not read as
+the payment service failing, while a gateway outage, which fails everyone, does.
+
 Both judge a window against a baseline learned from earlier windows that were not
 alerting (decayed sums, so the baseline follows slow change), and both need a
 statistically meaningful deviation from enough data: a one-sided binomial z-score
@@ -32,8 +37,8 @@ def deficit_z(observed: int, trials: int, expected_rate: float) -> float:
 @dataclass(frozen=True)
 class PaymentFailureConfig:
     span_windows: int = 5  # judged over the last five windows: a minute holds too few payments
-    min_attempts: int = 30  # payments (succeeded + failed) in the span, or no judgement
-    min_failures: int = 10
+    min_attempts: int = 30  # shoppers who tried to pay in the span, or no judgement
+    min_failures: int = 10  # shoppers whose payments all failed
     min_rate: float = 0.15  # never alert below this failure rate...
     jump_factor: float = 3.0  # ...nor below this multiple of the usual rate
     z_min: float = 4.0  # failures this many standard errors above the usual rate
@@ -65,6 +70,7 @@ class PaymentFailureDetector:
         return max(0.005, self.baseline_failed / self.baseline_attempts)
 
     def observe(self, window_end: int, succeeded: int, failed: int) -> list[AlertCandidate]:
+        """`succeeded`/`failed`: shoppers in the window with a successful payment / only failed ones."""
         config = self.config
         self.recent.append((succeeded, failed))
         while len(self.recent) > config.span_windows:
@@ -94,16 +100,17 @@ class PaymentFailureDetector:
     def _candidate(self, ts: int, rate: float, failed: int, attempts: int, threshold: float, usual: float,
                    active: bool) -> AlertCandidate:
         if active:
-            summary = f"payments failing: {rate:.0%} of {attempts} payments failed recently, usually {usual:.1%}"
+            summary = (f"payments failing: {rate:.0%} of {attempts} shoppers who tried to pay recently could not, "
+                       f"usually {usual:.1%}")
         else:
-            summary = f"payment failures back to {rate:.1%} of {attempts} payments (usually {usual:.1%})"
+            summary = f"payment failures back to {rate:.1%} of {attempts} paying shoppers (usually {usual:.1%})"
         return AlertCandidate(
             ts=ts, rule=self.RULE, key=self.KEY, active=active,
             severity=self.severity,
             summary=summary, value=round(rate, 4), threshold=round(threshold, 4),
             runbook="Check the payment gateway and issuers' status pages, the failure_reason of recent failed "
                     "payments, and the latest payment-service release; fail over to the backup gateway.",
-            detail={"failed": failed, "attempts": attempts, "usual_rate": round(usual, 4)},
+            detail={"shoppers_failed": failed, "shoppers_paying": attempts, "usual_rate": round(usual, 4)},
         )
 
 

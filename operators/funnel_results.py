@@ -172,12 +172,14 @@ FunnelOutput = FunnelWindow | KpiWindow | ExperimentResult | AlertCandidate
 class _Totals:
     """One window's counts, added up over buckets (or over windows, for the rolling view)."""
 
-    __slots__ = ("stage_hist", "users", "kpi")
+    __slots__ = ("stage_hist", "users", "kpi", "payers", "payers_failed")
 
     def __init__(self) -> None:
         self.stage_hist: dict[SeriesKey, list[int]] = {}
         self.users: dict[str, int] = {}
         self.kpi: dict[str, list] = {}
+        self.payers = 0
+        self.payers_failed = 0
 
     def add(self, stage_hist, users, kpi) -> None:
         for key, counts in stage_hist.items():
@@ -236,6 +238,8 @@ class FunnelAggregator:
                 if totals is None:
                     totals = self.pending[partial.window_start] = _Totals()
                 totals.add(partial.stage_hist, partial.users, partial.kpi)
+                totals.payers += partial.payers
+                totals.payers_failed += partial.payers_failed
             self.late_events += report.late_events
             for (name, variant), n in report.exposures.items():
                 self._experiment(name, variant)[0] += n
@@ -279,8 +283,7 @@ class FunnelAggregator:
             rolling.add(window.stage_hist, {}, window.kpi)
         out.extend(self._funnel_windows(ROLLING, rolling_start, end, rolling, 0))
         out.extend(self._kpi_windows(ROLLING, rolling_start, end, rolling, 0))
-        overall = self._overall_kpi(totals)
-        out.extend(self.payment_failures.observe(end, overall[KPI_PAYMENTS_OK], overall[KPI_PAYMENTS_FAILED]))
+        out.extend(self.payment_failures.observe(end, totals.payers - totals.payers_failed, totals.payers_failed))
         for key in sorted(totals.stage_hist):
             out.extend(self.dropoff.observe(end, key[0], key[1], list(reached(totals.stage_hist[key]))))
         for name in sorted(self.experiments_changed):
