@@ -134,12 +134,14 @@ def _restore_session(user_id, channel, region, device, last_ts, experiment, conv
 
 
 class _Window:
-    __slots__ = ("sessions", "kpi", "payers")
+    __slots__ = ("sessions", "kpi", "payers", "experiments")
 
     def __init__(self) -> None:
         self.sessions: dict[str, int] = {}  # session id -> deepest stage reached in this window
         self.kpi: dict[str, list] = {}  # channel -> KPI tallies
         self.payers: dict[str, bool] = {}  # user who tried to pay -> any payment succeeded
+        # (experiment, variant) -> [sessions first exposed, sessions first ordering] in this window
+        self.experiments: dict[tuple[str, str], list[int]] = {}
 
 
 END_OF_INPUT = 2**62  # `closed_through` of a bucket whose input has ended
@@ -158,20 +160,19 @@ class WindowPartial:
     kpi: dict[str, list]  # channel -> KPI tallies
     payers: int = 0  # users who tried to pay in the window...
     payers_failed: int = 0  # ...and whose every payment in it failed
+    experiments: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class BucketReport:
     """What a bucket says when it closes windows: their partial counts, that every
-    window before `closed_through` is final for this bucket, events that came too
-    late for their window (corrections), and new experiment exposures/conversions."""
+    window before `closed_through` is final for this bucket, and events that came
+    too late for their window (corrections)."""
 
     bucket: str
     closed_through: int
     partials: list[WindowPartial]
     late_events: int = 0
-    exposures: dict[tuple[str, str], int] = field(default_factory=dict)
-    conversions: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,8 +189,6 @@ class FunnelBucket:
     next_window: int | None = None  # start of the oldest window not yet closed
     closed_any: bool = False
     late_events: int = 0
-    exposures: dict[tuple[str, str], int] = field(default_factory=dict)
-    conversions: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.clock = StreamClock(self.rules.lateness_ms, self.rules.partition_idle_ms, self.rules.startup_grace_ms)
@@ -246,17 +245,29 @@ class FunnelBucket:
         latest = self.latest_session.get(user)
         if latest is None or (latest != session_id and self._newer(session_id, latest)):
             self.latest_session[user] = session_id
+        window = self._window(start)
         if event.experiment is not None and session.experiment is None:
             session.experiment = event.experiment
-            for variant in event.experiment:
-                self.exposures[variant] = self.exposures.get(variant, 0) + 1
-        window = self._window(start)
+            self._count_experiment(window, event.experiment, 0)
         if window is None:
             return
         if window.sessions.get(session_id, -1) < event.stage:
             window.sessions[session_id] = event.stage
         if event.page_view:
             self._kpi(window, session.channel)[KPI_PV] += 1
+
+    def _count_experiment(self, window: _Window | None, variants: tuple[tuple[str, str], ...], index: int) -> None:
+        """An exposure (index 0) or a conversion (1), in the event's window; a late one in
+        the oldest open window, so the totals never depend on when windows closed."""
+        if window is None:
+            window = self.windows.get(self.next_window)
+            if window is None:
+                window = self.windows[self.next_window] = _Window()
+        for variant in variants:
+            counts = window.experiments.get(variant)
+            if counts is None:
+                counts = window.experiments[variant] = [0, 0]
+            counts[index] += 1
 
     def _newer(self, session_id: str, other_id: str) -> bool:
         """Is `session_id` the user's later session? (A late event of an older one must not win.)"""
@@ -282,16 +293,16 @@ class FunnelBucket:
 
     def _order_or_payment(self, event: FunnelEvent, start: int) -> None:
         session_id, session = self._session_of(event)
+        window = self._window(start)
         if session is not None:
             self._touch(session_id, session, event.ts)
             if event.order_id is not None:
                 self.order_sessions.pop(event.order_id, None)  # re-inserted: ordered by touch
                 self.order_sessions[event.order_id] = (session_id, event.ts)
-            if event.stage >= ORDER and not session.converted:
+            if event.stage >= ORDER and not session.converted and event.kind != PAYMENT_FAILED:
                 session.converted = True
-                for variant in session.experiment or ():
-                    self.conversions[variant] = self.conversions.get(variant, 0) + 1
-        window = self._window(start)
+                if session.experiment is not None:
+                    self._count_experiment(window, session.experiment, 1)
         if window is None:
             return
         kind = event.kind
@@ -332,7 +343,7 @@ class FunnelBucket:
             if not self.windows:  # nothing open: skip the empty stretch up to the watermark
                 self.next_window = max(self.next_window, watermark - watermark % window_ms)
         self._expire(watermark)
-        if self.next_window == before and not (self.late_events or self.exposures or self.conversions):
+        if self.next_window == before and not self.late_events:
             return []
         return [self._report(partials, self.next_window)]
 
@@ -345,11 +356,8 @@ class FunnelBucket:
         return [self._report(partials, END_OF_INPUT)]
 
     def _report(self, partials: list[WindowPartial], closed_through: int) -> BucketReport:
-        report = BucketReport(self.bucket, closed_through, partials, self.late_events, self.exposures,
-                              self.conversions)
+        report = BucketReport(self.bucket, closed_through, partials, self.late_events)
         self.late_events = 0
-        self.exposures = {}
-        self.conversions = {}
         return report
 
     def _close(self, start: int) -> WindowPartial | None:
@@ -378,7 +386,7 @@ class FunnelBucket:
         users = {channel: len(members) for channel, members in users_by_channel.items()}
         users["all"] = len(users_all)
         payers_failed = sum(1 for succeeded in window.payers.values() if not succeeded)
-        return WindowPartial(start, hist, users, window.kpi, len(window.payers), payers_failed)
+        return WindowPartial(start, hist, users, window.kpi, len(window.payers), payers_failed, window.experiments)
 
     def _expire(self, watermark: int) -> None:
         horizon = watermark - self.rules.session_timeout_ms

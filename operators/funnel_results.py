@@ -172,7 +172,7 @@ FunnelOutput = FunnelWindow | KpiWindow | ExperimentResult | AlertCandidate
 class _Totals:
     """One window's counts, added up over buckets (or over windows, for the rolling view)."""
 
-    __slots__ = ("stage_hist", "users", "kpi", "payers", "payers_failed")
+    __slots__ = ("stage_hist", "users", "kpi", "payers", "payers_failed", "experiments")
 
     def __init__(self) -> None:
         self.stage_hist: dict[SeriesKey, list[int]] = {}
@@ -180,6 +180,7 @@ class _Totals:
         self.kpi: dict[str, list] = {}
         self.payers = 0
         self.payers_failed = 0
+        self.experiments: dict[tuple[str, str], list[int]] = {}  # (name, variant) -> [exposed, ordered]
 
     def add(self, stage_hist, users, kpi) -> None:
         for key, counts in stage_hist.items():
@@ -240,11 +241,14 @@ class FunnelAggregator:
                 totals.add(partial.stage_hist, partial.users, partial.kpi)
                 totals.payers += partial.payers
                 totals.payers_failed += partial.payers_failed
+                for variant, counts in partial.experiments.items():
+                    mine = totals.experiments.get(variant)
+                    if mine is None:
+                        totals.experiments[variant] = list(counts)
+                    else:
+                        mine[0] += counts[0]
+                        mine[1] += counts[1]
             self.late_events += report.late_events
-            for (name, variant), n in report.exposures.items():
-                self._experiment(name, variant)[0] += n
-            for (name, variant), n in report.conversions.items():
-                self._experiment(name, variant)[1] += n
             previous = self.closed_through.get(report.bucket, report.closed_through)
             self.closed_through[report.bucket] = max(previous, report.closed_through)
         if len(self.closed_through) < self.rules.buckets:
@@ -286,6 +290,10 @@ class FunnelAggregator:
         out.extend(self.payment_failures.observe(end, totals.payers - totals.payers_failed, totals.payers_failed))
         for key in sorted(totals.stage_hist):
             out.extend(self.dropoff.observe(end, key[0], key[1], list(reached(totals.stage_hist[key]))))
+        for (name, variant), (exposed, ordered) in sorted(totals.experiments.items()):
+            counts = self._experiment(name, variant)
+            counts[0] += exposed
+            counts[1] += ordered
         for name in sorted(self.experiments_changed):
             out.append(self._experiment_result(name, end))
         self.experiments_changed.clear()
