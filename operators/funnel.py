@@ -182,9 +182,15 @@ class FunnelBucket:
     bucket: str
     rules: FunnelRules
     clock: StreamClock = field(init=False)
-    sessions: dict[str, _Session] = field(default_factory=dict)  # in order of last touch
+    sessions: dict[str, _Session] = field(default_factory=dict)
     latest_session: dict[str, str] = field(default_factory=dict)  # user -> latest session id
-    order_sessions: dict[str, tuple[str, int]] = field(default_factory=dict)  # order -> (session, ts), by touch
+    order_sessions: dict[str, tuple[str, int]] = field(default_factory=dict)  # order -> (session, last ts)
+    # Expiry: slot start -> ids filed there by their last event time. A touched session is
+    # not moved; when its slot comes due it is dropped or filed again under its new time,
+    # so a touch costs nothing and each drop O(1) (a dict in touch order read from the
+    # front would rescan its deleted entries on every read).
+    session_expiry: dict[int, list[str]] = field(default_factory=dict)
+    order_expiry: dict[int, list[str]] = field(default_factory=dict)
     windows: dict[int, _Window] = field(default_factory=dict)
     next_window: int | None = None  # start of the oldest window not yet closed
     closed_any: bool = False
@@ -226,12 +232,18 @@ class FunnelBucket:
             window = self.windows[start] = _Window()
         return window
 
-    def _touch(self, session_id: str, session: _Session, ts: int) -> None:
+    @staticmethod
+    def _touch(session: _Session, ts: int) -> None:
         if ts > session.last_ts:
             session.last_ts = ts
-            # Re-inserting keeps `sessions` ordered by last touch, so expiry reads from the front.
-            del self.sessions[session_id]
-            self.sessions[session_id] = session
+
+    def _file(self, expiry: dict[int, list[str]], key: str, ts: int) -> None:
+        slot = ts - ts % self.rules.window_ms
+        filed = expiry.get(slot)
+        if filed is None:
+            expiry[slot] = [key]
+        else:
+            filed.append(key)
 
     def _click(self, event: FunnelEvent, start: int) -> None:
         session_id = event.session_id
@@ -239,8 +251,9 @@ class FunnelBucket:
         if session is None:
             session = self.sessions[session_id] = _Session(event.user_id, event.channel, event.region, event.device,
                                                            event.ts)
+            self._file(self.session_expiry, session_id, event.ts)
         else:
-            self._touch(session_id, session, event.ts)
+            self._touch(session, event.ts)
         user = event.user_id
         latest = self.latest_session.get(user)
         if latest is None or (latest != session_id and self._newer(session_id, latest)):
@@ -295,10 +308,15 @@ class FunnelBucket:
         session_id, session = self._session_of(event)
         window = self._window(start)
         if session is not None:
-            self._touch(session_id, session, event.ts)
-            if event.order_id is not None:
-                self.order_sessions.pop(event.order_id, None)  # re-inserted: ordered by touch
-                self.order_sessions[event.order_id] = (session_id, event.ts)
+            self._touch(session, event.ts)
+            order_id = event.order_id
+            if order_id is not None:
+                known = self.order_sessions.get(order_id)
+                if known is None:
+                    self._file(self.order_expiry, order_id, event.ts)
+                    self.order_sessions[order_id] = (session_id, event.ts)
+                elif event.ts > known[1] or known[0] != session_id:
+                    self.order_sessions[order_id] = (session_id, max(event.ts, known[1]))
             if event.stage >= ORDER and not session.converted and event.kind != PAYMENT_FAILED:
                 session.converted = True
                 if session.experiment is not None:
@@ -390,22 +408,33 @@ class FunnelBucket:
 
     def _expire(self, watermark: int) -> None:
         horizon = watermark - self.rules.session_timeout_ms
-        sessions = self.sessions
-        while sessions:
-            session_id = next(iter(sessions))
-            session = sessions[session_id]
+        sessions, latest = self.sessions, self.latest_session
+        for session_id in self._due(self.session_expiry, horizon):
+            session = sessions.get(session_id)
+            if session is None:
+                continue
             if session.last_ts >= horizon:
-                break
+                self._file(self.session_expiry, session_id, session.last_ts)  # touched since it was filed
+                continue
             del sessions[session_id]
-            if self.latest_session.get(session.user_id) == session_id:
-                del self.latest_session[session.user_id]
+            if latest.get(session.user_id) == session_id:
+                del latest[session.user_id]
         order_horizon = watermark - self.rules.order_retention_ms
         orders = self.order_sessions
-        while orders:
-            order_id = next(iter(orders))
-            if orders[order_id][1] >= order_horizon:
-                break
+        for order_id in self._due(self.order_expiry, order_horizon):
+            known = orders.get(order_id)
+            if known is None:
+                continue
+            if known[1] >= order_horizon:
+                self._file(self.order_expiry, order_id, known[1])
+                continue
             del orders[order_id]
+
+    def _due(self, expiry: dict[int, list[str]], horizon: int) -> list[str]:
+        """Ids filed in slots that end at or before `horizon`, taken out of `expiry`."""
+        window_ms = self.rules.window_ms
+        due_slots = [slot for slot in expiry if slot + window_ms <= horizon]
+        return [key for slot in sorted(due_slots) for key in expiry.pop(slot)]
 
     def next_wake_ms(self, now_ms: int) -> int | None:
         """Wall-clock ms at which the oldest open window closes if input stays quiet."""
