@@ -191,6 +191,9 @@ class FunnelBucket:
     # front would rescan its deleted entries on every read).
     session_expiry: dict[int, list[str]] = field(default_factory=dict)
     order_expiry: dict[int, list[str]] = field(default_factory=dict)
+    # Orders and payments read before any click of their user (another topic's partition
+    # ran ahead): they wait for the user's session until their window closes.
+    unjoined: dict[str, list[FunnelEvent]] = field(default_factory=dict)
     windows: dict[int, _Window] = field(default_factory=dict)
     next_window: int | None = None  # start of the oldest window not yet closed
     closed_any: bool = False
@@ -262,6 +265,10 @@ class FunnelBucket:
         if event.experiment is not None and session.experiment is None:
             session.experiment = event.experiment
             self._count_experiment(window, event.experiment, 0)
+        waiting = self.unjoined.pop(user, None) if self.unjoined else None
+        if waiting is not None:
+            for early in waiting:
+                self._apply(early, early.ts - early.ts % self.rules.window_ms, *self._session_of(early))
         if window is None:
             return
         if window.sessions.get(session_id, -1) < event.stage:
@@ -306,6 +313,26 @@ class FunnelBucket:
 
     def _order_or_payment(self, event: FunnelEvent, start: int) -> None:
         session_id, session = self._session_of(event)
+        if session is None and start >= self.next_window:
+            self.unjoined.setdefault(event.user_id, []).append(event)
+            return
+        self._apply(event, start, session_id, session)
+
+    def _settle_unjoined(self, watermark: int | None) -> None:
+        """Orders and payments whose window closes now (or all, at the end) without a
+        session of their user: counted in the KPIs, under their own channel or `unknown`."""
+        window_ms = self.rules.window_ms
+        for user in list(self.unjoined):
+            waiting = self.unjoined[user]
+            due = [e for e in waiting if watermark is None or e.ts - e.ts % window_ms + window_ms <= watermark]
+            for event in due:
+                self._apply(event, event.ts - event.ts % window_ms, None, None)
+            if len(due) == len(waiting):
+                del self.unjoined[user]
+            else:
+                self.unjoined[user] = [e for e in waiting if e not in due]
+
+    def _apply(self, event: FunnelEvent, start: int, session_id: str | None, session: _Session | None) -> None:
         window = self._window(start)
         if session is not None:
             self._touch(session, event.ts)
@@ -350,6 +377,8 @@ class FunnelBucket:
         if watermark is None or self.next_window is None:
             return []
         before = self.next_window
+        if self.unjoined:
+            self._settle_unjoined(watermark)
         partials = []
         window_ms = self.rules.window_ms
         while self.next_window + window_ms <= watermark:
@@ -369,6 +398,7 @@ class FunnelBucket:
         """The input has ended: close every open window."""
         if self.next_window is None:
             return []
+        self._settle_unjoined(None)
         partials = [p for p in (self._close(start) for start in sorted(self.windows)) if p is not None]
         self.closed_any = True
         return [self._report(partials, END_OF_INPUT)]
@@ -437,7 +467,8 @@ class FunnelBucket:
         return [key for slot in sorted(due_slots) for key in expiry.pop(slot)]
 
     def next_wake_ms(self, now_ms: int) -> int | None:
-        """Wall-clock ms at which the oldest open window closes if input stays quiet."""
-        if self.next_window is None or not self.windows:
+        """Wall-clock ms at which the next window closes if input stays quiet. Also for a
+        bucket with no open window: the aggregator waits for every bucket to close it."""
+        if self.next_window is None:
             return None
-        return self.clock.wall_time_when(min(self.windows) + self.rules.window_ms, now_ms)
+        return self.clock.wall_time_when(self.next_window + self.rules.window_ms, now_ms)
