@@ -24,6 +24,7 @@ session after `order_retention_ms`. Open windows hold only the sessions active i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Hashable, NamedTuple
 
 from operators.clock import StreamClock
@@ -75,9 +76,11 @@ def funnel_event(event: ClickEvent | OrderEvent | PaymentEvent) -> FunnelEvent |
     kind = type(event)
     if kind is ClickEvent:
         experiment = event.experiment
+        # Interned, the few distinct dimension values are pickled once per batch when
+        # the batch crosses to another process, and shared when it is read back.
         return FunnelEvent(
             event.ts, CLICK, event.user_id, event.session_id, None, STAGE_OF_CLICK[event.type], 0.0,
-            event.channel, event.region, event.device, event.type in PAGE_VIEW_TYPES,
+            intern(event.channel), intern(event.region), intern(event.device), event.type in PAGE_VIEW_TYPES,
             None if not experiment else tuple(sorted(experiment.items())),
         )
     if kind is OrderEvent:
