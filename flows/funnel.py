@@ -22,6 +22,7 @@ Run it the Bytewax way: `python -m bytewax.run flows.funnel:flow -r DIR -s 5 -b 
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import zlib
@@ -109,12 +110,15 @@ class BucketBatch(NamedTuple):
     def __reduce__(self):
         # About half the batches cross to another process. Pickled as themselves, NamedTuple
         # events cost a Python call each way (21 us per event in all); as plain tuples
-        # the pickler stays in C (5 us), and `_make` turns them back at no Python cost.
+        # the pickler stays in C (5 us), and a C-level constructor turns them back.
         return _restore_batch, (self.bucket, [tuple(event) for event in self.events], self.progress)
 
 
+_as_funnel_event = functools.partial(tuple.__new__, FunnelEvent)  # FunnelEvent._make without its Python frame
+
+
 def _restore_batch(bucket: str, events: list[tuple], progress: dict[tuple[str, int], int]) -> BucketBatch:
-    return BucketBatch(bucket, list(map(FunnelEvent._make, events)), progress)
+    return BucketBatch(bucket, list(map(_as_funnel_event, events)), progress)
 
 
 def triage_batch(records: list[InputRecord], config: FunnelConfig, now_ms: int) -> list[tuple[str, BucketBatch]]:
@@ -210,6 +214,8 @@ def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
             DropoffDetector(config.dropoff),
         )
     resumed.rules = config.aggregator_rules()
+    # Fewer buckets than before the restart: the ones gone will never close another window.
+    resumed.closed_through = {b: t for b, t in resumed.closed_through.items() if int(b) < config.buckets}
     resumed.payment_failures.config = config.payment_failures
     resumed.dropoff.config = config.dropoff
     return resumed

@@ -173,7 +173,6 @@ class Settings:
                     f"{spec.env} must be at least {spec.minimum}, got {getattr(self, spec.name)}"
                 )
 
-
     def _validate_funnel(self) -> None:
         if self.funnel_window_s >= 1 and self.funnel_rolling_s % self.funnel_window_s:
             raise ConfigError(

@@ -169,3 +169,27 @@ def test_funnel_settings_reach_the_flow_config():
     config = FunnelConfig.from_settings(settings)
     assert (config.rules.window_ms, config.rolling_ms, config.payment_failures.span_windows) == (30_000, 600_000, 4)
     assert config.buckets == 12
+
+
+def test_a_bucket_batch_crosses_processes_as_itself():
+    import pickle
+
+    from flows.funnel import BucketBatch
+
+    batch = BucketBatch("3", [click(1, "u1", "s1", 2), pay(2, "u1", "o1", True)], {("clickstream", 0): T0})
+    copy = pickle.loads(pickle.dumps(batch))
+    assert copy == batch and type(copy) is BucketBatch
+    assert [type(event) for event in copy.events] == [FunnelEvent, FunnelEvent] and copy.events[0].stage == 2
+
+
+def test_a_resumed_aggregator_forgets_buckets_that_no_longer_exist():
+    from dataclasses import replace
+
+    from flows.funnel import FunnelConfig, aggregator_for
+    from operators.funnel import BucketReport
+
+    config = FunnelConfig(max_event_ahead_ms=0, buckets=4)
+    aggregator = aggregator_for(None, config)
+    aggregator.add([BucketReport(str(b), T0 + MINUTE, []) for b in range(4)])
+    resumed = aggregator_for(aggregator, replace(config, buckets=2))
+    assert set(resumed.closed_through) == {"0", "1"} and resumed.rules.buckets == 2
