@@ -124,7 +124,7 @@ def _event_time(obj: Mapping[str, Any]) -> int:
 
 
 # -- the fast path -------------------------------------------------------------
-# Orders and inventory are decoded once per message by every flow that reads them, so
+# Clicks, orders and inventory are decoded once per message by every flow that reads them, so
 # their common shape (exact JSON types, every value in range) is checked inline and the
 # record built by writing its slots directly: a frozen dataclass's __init__ pays one
 # object.__setattr__ per field, twice the cost. Anything else (a float count, a bad
@@ -402,7 +402,7 @@ _new_inventory_event = _slot_writer(InventoryEvent)
 
 def _click_event_fast(obj: Mapping[str, Any]) -> ClickEvent | None:
     """The click when it has the common shape, else None (the checked reader decides).
-    Clicks are most of the traffic, and every flow reading clickstream decodes each one."""
+    Clicks are most of the traffic, and every flow that reads them decodes each one."""
     if type(obj) is not dict:
         return None
     get = obj.get
@@ -426,9 +426,11 @@ def _click_event_fast(obj: Mapping[str, Any]) -> ClickEvent | None:
         if price is None:
             return None
     if experiment is not None:
-        if type(experiment) is not dict or not all(
-                type(k) is str and type(v) is str for k, v in experiment.items()):
+        if type(experiment) is not dict:
             return None
+        for name, variant in experiment.items():
+            if type(name) is not str or type(variant) is not str:
+                return None
         experiment = MappingProxyType(experiment)
     if not (
         type(event_id) is str and event_id

@@ -96,6 +96,7 @@ def render_summary(client, settings: Settings, processes: list[FlowProcess], sta
         if history:
             channels.append(f"{channel}={history[-1]['events']}")
     lines.append("  clickstream by channel (last window): " + (", ".join(sorted(channels)) or "-"))
+    lines.append("  " + _funnel_line(client, settings))
     lines.append("  " + _stock_line(client, settings))
     lines.extend("  " + line for line in _alert_lines(client, settings))
     lines.append("  " + _coupon_line(client, settings))
@@ -105,6 +106,18 @@ def render_summary(client, settings: Settings, processes: list[FlowProcess], sta
     )
     lines.append(f"  flows: {health}")
     return "\n".join(lines)
+
+
+def _funnel_line(client, settings: Settings) -> str:
+    """The last funnel window: sessions per stage, and its KPIs."""
+    funnel, kpi = (client.get(settings.redis_key(key)) for key in ("funnel:all:all", "kpi:latest"))
+    if funnel is None or kpi is None:
+        return "funnel: no window closed yet"
+    stages = " > ".join(f"{name} {count}" for name, count in loads(funnel)["stages"].items())
+    kpi = loads(kpi)
+    success = kpi["payment_success_rate"]
+    return (f"funnel (last window): {stages}; GMV {kpi['gmv']:,.0f}, {kpi['orders']} orders, "
+            f"{kpi['uv']} visitors, payments {'-' if success is None else f'{success:.0%} ok'}")
 
 
 def _stock_line(client, settings: Settings) -> str:
@@ -156,6 +169,8 @@ def demo_settings(settings: Settings) -> Settings:
         input_window_s=DEMO_WINDOW_S,
         allowed_lateness_s=DEMO_LATENESS_S,
         coupon_abandon_after_s=DEMO_COUPON_ABANDON_S,
+        funnel_window_s=DEMO_WINDOW_S,
+        funnel_rolling_s=15 * DEMO_WINDOW_S,
     )
 
 

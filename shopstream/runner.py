@@ -26,6 +26,7 @@ from state.flow_metrics import api_env
 FLOWS: dict[str, str] = {
     "intake": "flows.intake:flow",
     "stock": "flows.stock:flow",
+    "funnel": "flows.funnel:flow",
     "alerts": "flows.alerts:flow",
     "coupons": "flows.coupons:flow",
     "fraud": "flows.fraud:flow",

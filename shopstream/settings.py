@@ -104,6 +104,18 @@ class Settings:
     fraud_fail_open_amount: int = 500
     fraud_nice: int = 0
     pseudonym_key: str = ""
+    # funnel flow
+    funnel_window_s: int = 60
+    funnel_rolling_s: int = 900
+    funnel_session_timeout_s: int = 1800
+    funnel_order_retention_s: int = 3600
+    funnel_buckets: int = 8
+    funnel_payment_span_s: int = 300
+    funnel_payment_min_attempts: int = 30
+    funnel_payment_failure_pct: int = 15
+    funnel_dropoff_min_sessions: int = 200
+    funnel_dropoff_pct: int = 50
+    funnel_experiment_min_sessions: int = 1000
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -188,11 +200,27 @@ class Settings:
             )
         if self.pseudonym_key and len(self.pseudonym_key) < 16:
             raise ConfigError("SHOPSTREAM_PSEUDONYM_KEY must be at least 16 characters (a random secret)")
+        self._validate_funnel()
         for spec in _SPECS:
             if spec.minimum is not None and getattr(self, spec.name) < spec.minimum:
                 raise ConfigError(
                     f"{spec.env} must be at least {spec.minimum}, got {getattr(self, spec.name)}"
                 )
+
+    def _validate_funnel(self) -> None:
+        if self.funnel_window_s >= 1 and self.funnel_rolling_s % self.funnel_window_s:
+            raise ConfigError(
+                f"SHOPSTREAM_FUNNEL_ROLLING_S must be a multiple of SHOPSTREAM_FUNNEL_WINDOW_S "
+                f"({self.funnel_window_s}), got {self.funnel_rolling_s}"
+            )
+        if self.funnel_session_timeout_s < self.funnel_window_s + self.allowed_lateness_s:
+            raise ConfigError(
+                "SHOPSTREAM_FUNNEL_SESSION_TIMEOUT_S must be at least the funnel window plus the allowed lateness "
+                f"({self.funnel_window_s + self.allowed_lateness_s} s), got {self.funnel_session_timeout_s}"
+            )
+        if not 0 < self.funnel_dropoff_pct < 100 or not 0 < self.funnel_payment_failure_pct < 100:
+            raise ConfigError("SHOPSTREAM_FUNNEL_DROPOFF_PCT and SHOPSTREAM_FUNNEL_PAYMENT_FAILURE_PCT must be "
+                              f"between 1 and 99, got {self.funnel_dropoff_pct} and {self.funnel_payment_failure_pct}")
 
 
 @dataclass(frozen=True)
@@ -277,6 +305,18 @@ _SPECS = (
     _Spec("fraud_fail_open_amount", "SHOPSTREAM_FRAUD_FAIL_OPEN_AMOUNT", int, 0),
     _Spec("fraud_nice", "SHOPSTREAM_FRAUD_NICE", int, -20),
     _Spec("pseudonym_key", "SHOPSTREAM_PSEUDONYM_KEY", str),
+    # funnel flow
+    _Spec("funnel_window_s", "SHOPSTREAM_FUNNEL_WINDOW_S", int, 1),
+    _Spec("funnel_rolling_s", "SHOPSTREAM_FUNNEL_ROLLING_S", int, 1),
+    _Spec("funnel_session_timeout_s", "SHOPSTREAM_FUNNEL_SESSION_TIMEOUT_S", int, 1),
+    _Spec("funnel_order_retention_s", "SHOPSTREAM_FUNNEL_ORDER_RETENTION_S", int, 0),
+    _Spec("funnel_buckets", "SHOPSTREAM_FUNNEL_BUCKETS", int, 1),
+    _Spec("funnel_payment_span_s", "SHOPSTREAM_FUNNEL_PAYMENT_SPAN_S", int, 1),
+    _Spec("funnel_payment_min_attempts", "SHOPSTREAM_FUNNEL_PAYMENT_MIN_ATTEMPTS", int, 1),
+    _Spec("funnel_payment_failure_pct", "SHOPSTREAM_FUNNEL_PAYMENT_FAILURE_PCT", int, 1),
+    _Spec("funnel_dropoff_min_sessions", "SHOPSTREAM_FUNNEL_DROPOFF_MIN_SESSIONS", int, 1),
+    _Spec("funnel_dropoff_pct", "SHOPSTREAM_FUNNEL_DROPOFF_PCT", int, 1),
+    _Spec("funnel_experiment_min_sessions", "SHOPSTREAM_FUNNEL_EXPERIMENT_MIN_SESSIONS", int, 1),
 )
 
 assert {s.name for s in _SPECS} | {"kafka_security"} == {f.name for f in fields(Settings)}
