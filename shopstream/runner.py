@@ -27,6 +27,7 @@ FLOWS: dict[str, str] = {
     "intake": "flows.intake:flow",
     "stock": "flows.stock:flow",
     "alerts": "flows.alerts:flow",
+    "churn": "flows.churn:flow",
 }
 
 # How long a stopping flow may take to exit before it is killed.

@@ -1,0 +1,77 @@
+"""The churn risk model: an online river logistic regression on RFM features.
+
+A customer scored at event time t is labelled *churned* if they place no paid
+order within the churn horizon after t, *active* otherwise; the label is known
+only later (at the next order, or when the horizon has passed), so the churn flow
+keeps the features of a few scored moments per customer (`operators/churn.py`)
+and teaches the model when each resolves.
+
+Logistic regression on standardised, log-scaled features gives a probability
+directly: log loss is a proper scoring rule, so the online fit stays calibrated
+as long as the features are (BENCHMARKS.md reports calibration by band). Risk
+bands cut that probability at configured thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from river import compose, linear_model, optim, preprocessing
+
+RISKS = ("low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class ModelRules:
+    learning_rate: float = 0.05
+    l2: float = 0.0001
+    medium_at: float = 0.4  # probability of churn from which the risk is medium
+    high_at: float = 0.7  # ... and high
+
+    def __post_init__(self) -> None:
+        if not 0 < self.medium_at < self.high_at < 1:
+            raise ValueError(f"risk bands need 0 < medium < high < 1, got {self.medium_at}, {self.high_at}")
+        if self.learning_rate <= 0 or self.l2 < 0:
+            raise ValueError("the learning rate must be positive and l2 not negative")
+
+    def band(self, score: float) -> str:
+        if score >= self.high_at:
+            return "high"
+        return "medium" if score >= self.medium_at else "low"
+
+
+class ChurnModel:
+    """A river pipeline (scaler + logistic regression) with the feature names it was built for.
+
+    river models are not thread-safe and cannot be merged: each churn bucket owns one.
+    `version` counts the labels learned, so two models with the same history agree.
+    """
+
+    def __init__(self, feature_names: tuple[str, ...], rules: ModelRules = ModelRules()):
+        self.feature_names = feature_names
+        self.rules = rules
+        self.pipeline = compose.Pipeline(
+            preprocessing.StandardScaler(),
+            linear_model.LogisticRegression(optimizer=optim.SGD(rules.learning_rate), l2=rules.l2),
+        )
+        self.labels_learned = 0
+        self.churned_learned = 0
+
+    def _as_dict(self, x) -> dict[str, float]:
+        return dict(zip(self.feature_names, x))
+
+    def score(self, x) -> float:
+        """Probability of churn for one feature vector."""
+        return self.pipeline.predict_proba_one(self._as_dict(x)).get(True, 0.0)
+
+    def learn(self, x, churned: bool) -> None:
+        self.pipeline.learn_one(self._as_dict(x), churned)
+        self.labels_learned += 1
+        self.churned_learned += churned
+
+    def band(self, score: float) -> str:
+        return self.rules.band(score)
+
+    def compatible_with(self, feature_names: tuple[str, ...]) -> bool:
+        """A checkpoint built for other features (other horizons) cannot be warm-started from."""
+        return self.feature_names == feature_names
