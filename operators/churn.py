@@ -243,6 +243,8 @@ class ChurnBook:
         rules = self.rules
         if user.pending_ts is not None:
             self._resolve_expired(user, due)
+        if self._snapshots_open(user, due) and self._next_snapshot(user_id, due - 1) == due:
+            self._snapshot(user, due)
         quiet_ms = due - user.last_ts
         if quiet_ms >= rules.compact_after_ms and user.pending_ts is None:
             if user.orders_total == 0:
@@ -288,17 +290,29 @@ class ChurnBook:
                     detail=f"churn risk {score:.2f} after {view.recency_days or 0:.0f} quiet days",
                 ))
         self._changes.views[user_id] = churn_view(user, view.recency_days, view.frequency, view.monetary)
-        if self.learning:
-            self._snapshot(user, now, x)
 
-    def _snapshot(self, user: CustomerState, now: int, x: tuple[float, ...]) -> None:
-        period = self.rules.label_period_ms
+    def _snapshot(self, user: CustomerState, now: int) -> None:
+        """A label snapshot: the features now, to learn from once the outcome is known."""
+        x = features(user, rfm_view(user, now, self.rules.rfm))
         if user.pending_ts is None:
             user.pending_ts = array("q", (now,))
             user.pending_x = array("f", x)
-        elif user.pending_ts[-1] // period != now // period:
+        else:
             user.pending_ts.append(now)
             user.pending_x.extend(x)
+
+    def _next_snapshot(self, user_id: str, now: int) -> int:
+        """The customer's next tick on its label grid, strictly after `now`: every
+        `label_period_ms`, at a phase drawn from the user id to spread the work."""
+        period = self.rules.label_period_ms
+        phase = zlib.crc32(user_id.encode()) % period
+        return (now - phase) // period * period + period + phase
+
+    def _snapshots_open(self, user: CustomerState, now: int) -> bool:
+        """Labels are sampled while the customer is tracked, and stop early enough that the
+        last one resolves before compaction."""
+        rules = self.rules
+        return self.learning and now - user.last_ts < rules.compact_after_ms - rules.horizon_ms
 
     def _resolve_pending(self, user: CustomerState, now: int, churned: bool) -> None:
         """A paid order: every snapshot taken before it (all within the horizon) was active."""
@@ -345,6 +359,8 @@ class ChurnBook:
             candidates.append(user.scored_ts + rules.rescore_ms)
         if user.pending_ts is not None:
             candidates.append(user.pending_ts[0] + rules.horizon_ms)
+        if self._snapshots_open(user, now):
+            candidates.append(self._next_snapshot(user_id, now))
         if not user.compacted or user.orders_total == 0:
             candidates.append(user.last_ts + rules.compact_after_ms)
         wake = max(min(candidates), now + 1) if candidates else None

@@ -14,16 +14,25 @@ bands cut that probability at configured thresholds.
 
 from __future__ import annotations
 
+import math
+from bisect import bisect
 from dataclasses import dataclass
 
 from river import compose, linear_model, optim, preprocessing
 
 RISKS = ("low", "medium", "high")
 
+# Cells of recency x the customer's own pace, one-hot: a linear model on smooth features
+# cannot say "60 quiet days is late for a weekly buyer and early for a quarterly one".
+# Edges in the features' log1p space (features are log1p of days, ratios and counts).
+_RECENCY_EDGES = tuple(math.log1p(days) for days in (7, 14, 30, 60, 90, 180))
+_GAP_RATIO_EDGES = tuple(math.log1p(ratio) for ratio in (0.5, 1, 2, 4))
+_ORDERS_EDGES = tuple(math.log1p(count) for count in (1, 2, 4, 8))
+
 
 @dataclass(frozen=True)
 class ModelRules:
-    learning_rate: float = 0.05
+    learning_rate: float = 0.01
     l2: float = 0.0001
     medium_at: float = 0.4  # probability of churn from which the risk is medium
     high_at: float = 0.7  # ... and high
@@ -49,16 +58,27 @@ class ChurnModel:
 
     def __init__(self, feature_names: tuple[str, ...], rules: ModelRules = ModelRules()):
         self.feature_names = feature_names
+        self._cells = tuple(feature_names.index(name) for name in ("recency_days", "gap_ratio", "orders_total"))
         self.rules = rules
+        # Numeric features standardised; the one-hot cells pass as they are (a scaler
+        # would zero them: a sparse feature that is always 1 when present has no variance).
         self.pipeline = compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.SGD(rules.learning_rate), l2=rules.l2),
+            compose.TransformerUnion(
+                compose.Select(*feature_names) | preprocessing.StandardScaler(),
+                compose.Discard(*feature_names),
+            ),
+            linear_model.LogisticRegression(optimizer=optim.Adam(rules.learning_rate), l2=rules.l2),
         )
         self.labels_learned = 0
         self.churned_learned = 0
 
     def _as_dict(self, x) -> dict[str, float]:
-        return dict(zip(self.feature_names, x))
+        named = dict(zip(self.feature_names, x))
+        recency, gap_ratio, orders = (x[index] for index in self._cells)
+        recency_cell = bisect(_RECENCY_EDGES, recency)
+        named[f"recency{recency_cell}_pace{bisect(_GAP_RATIO_EDGES, gap_ratio)}"] = 1.0
+        named[f"recency{recency_cell}_orders{bisect(_ORDERS_EDGES, orders)}"] = 1.0
+        return named
 
     def score(self, x) -> float:
         """Probability of churn for one feature vector."""
