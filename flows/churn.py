@@ -110,16 +110,25 @@ class ChurnConfig:
         orders = _numbers("SHOPSTREAM_CHURN_TIER_ORDERS", s.churn_tier_orders, int, 3)
         bands = _numbers("SHOPSTREAM_CHURN_RISK_BANDS", s.churn_risk_bands, float, 2)
         (rate,) = _numbers("SHOPSTREAM_CHURN_LEARNING_RATE", s.churn_learning_rate, float, 1)
-        try:
-            rfm = RfmRules(
-                horizons_ms=tuple(days * DAY_MS for days in horizons),
-                slot_ms=s.churn_slot_days * DAY_MS,
-                activity_ms=s.churn_activity_days * DAY_MS,
-                tier_monetary=monetary,
-                tier_orders=orders,
-            )
-        except ValueError as err:
-            raise ConfigError(f"SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS / _SLOT_DAYS / _TIER_*: {err}") from None
+        if list(horizons) != sorted(set(horizons)) or horizons[0] < s.churn_slot_days:
+            raise ConfigError("SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS must be distinct ascending days, each at least "
+                              f"SHOPSTREAM_CHURN_SLOT_DAYS ({s.churn_slot_days}), got {s.churn_rfm_horizons_days!r}")
+        if s.churn_activity_days < s.churn_slot_days:
+            raise ConfigError(f"SHOPSTREAM_CHURN_ACTIVITY_DAYS must be at least SHOPSTREAM_CHURN_SLOT_DAYS, "
+                              f"got {s.churn_activity_days}")
+        if list(monetary) != sorted(monetary, reverse=True):
+            raise ConfigError(f"SHOPSTREAM_CHURN_TIER_MONETARY must not increase from diamond to silver, "
+                              f"got {s.churn_tier_monetary!r}")
+        if list(orders) != sorted(orders, reverse=True):
+            raise ConfigError(f"SHOPSTREAM_CHURN_TIER_ORDERS must not increase from diamond to silver, "
+                              f"got {s.churn_tier_orders!r}")
+        rfm = RfmRules(
+            horizons_ms=tuple(days * DAY_MS for days in horizons),
+            slot_ms=s.churn_slot_days * DAY_MS,
+            activity_ms=s.churn_activity_days * DAY_MS,
+            tier_monetary=monetary,
+            tier_orders=orders,
+        )
         try:
             model_rules = ModelRules(learning_rate=rate, medium_at=bands[0], high_at=bands[1])
         except ValueError as err:

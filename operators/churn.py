@@ -20,11 +20,15 @@ Event time, exactly:
 
 Per customer (see `operators/rfm.py` for the features and tiers):
 - scored at every paid order or refund, at its first click of a day, every
-  `rescore_ms` while it has been quiet less than the churn horizon and its risk is
-  not yet high (the risk of a quiet customer only grows), and once at compaction;
-- one pending label snapshot per `label_period_ms` at most: the features at a
-  scored moment t, resolved *active* at the next paid order (if within the
-  horizon) or *churned* once the horizon after t has passed without one;
+  `rescore_ms` while it is quiet and its risk not yet high (the risk of a quiet
+  customer only grows), and once at compaction;
+- label snapshots on a time grid, one per `label_period_ms` at a phase drawn from
+  the user id: the features at time t, resolved *active* at the next paid order
+  (if within the horizon) or *churned* once the horizon after t has passed without
+  one. Sampling on a grid rather than at scored moments keeps the training
+  population the same as the one scored (every tracked customer, at any time), and
+  free of feedback from the model's own bands (re-scoring stops at `high`);
+  at most horizon / period + 1 snapshots are pending per customer;
 - a `churn-scores` record when the risk band or tier changes, the latest view
   for `churn:{user_id}` after every score;
 - a high-risk episode starts when the band turns `high` and ends when it leaves
@@ -40,6 +44,7 @@ import heapq
 import zlib
 from array import array
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import NamedTuple
 
 from operators.churn_model import ChurnModel
@@ -97,7 +102,7 @@ class ChurnRules:
         if self.horizon_ms <= 0 or self.rescore_ms <= 0 or self.label_period_ms <= 0:
             raise ValueError("churn horizon, re-score interval and label period must be positive")
 
-    @property
+    @cached_property
     def compact_after_ms(self) -> int:
         return max(self.horizon_ms, self.rfm.horizons_ms[-1])
 
@@ -257,11 +262,9 @@ class ChurnBook:
         self._schedule(user_id, user, due)
 
     def _rescore_due(self, user: CustomerState, now: int) -> bool:
-        """Quiet customers are re-scored while their risk can still rise: until it is high,
-        for as long as the churn horizon (longer, every label would be `churned` anyway)."""
-        rules = self.rules
-        return (user.scored_ts is not None and user.risk != "high" and now - user.last_ts < rules.horizon_ms
-                and now - user.scored_ts >= rules.rescore_ms)
+        """Quiet customers are re-scored while their risk can still rise: until it is high
+        (or they are compacted)."""
+        return user.scored_ts is not None and user.risk != "high" and now - user.scored_ts >= self.rules.rescore_ms
 
     # -- scores, labels, win-backs ----------------------------------------------------------
     def _score(self, user_id: str, user: CustomerState, now: int) -> None:
@@ -355,7 +358,7 @@ class ChurnBook:
         """The next moment this customer needs attention: a re-score, a label deadline, compaction."""
         rules = self.rules
         candidates = []
-        if user.scored_ts is not None and user.risk != "high" and now - user.last_ts < rules.horizon_ms:
+        if user.scored_ts is not None and user.risk != "high" and not user.compacted:
             candidates.append(user.scored_ts + rules.rescore_ms)
         if user.pending_ts is not None:
             candidates.append(user.pending_ts[0] + rules.horizon_ms)

@@ -32,7 +32,7 @@ _ORDERS_EDGES = tuple(math.log1p(count) for count in (1, 2, 4, 8))
 
 @dataclass(frozen=True)
 class ModelRules:
-    learning_rate: float = 0.01
+    learning_rate: float = 0.05
     l2: float = 0.0001
     medium_at: float = 0.4  # probability of churn from which the risk is medium
     high_at: float = 0.7  # ... and high
@@ -67,7 +67,7 @@ class ChurnModel:
                 compose.Select(*feature_names) | preprocessing.StandardScaler(),
                 compose.Discard(*feature_names),
             ),
-            linear_model.LogisticRegression(optimizer=optim.Adam(rules.learning_rate), l2=rules.l2),
+            linear_model.LogisticRegression(optimizer=optim.SGD(rules.learning_rate), l2=rules.l2),
         )
         self.labels_learned = 0
         self.churned_learned = 0

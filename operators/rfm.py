@@ -221,7 +221,7 @@ def rfm_view(state: CustomerState, now: int, rules: RfmRules) -> RfmView:
     head = state.head_slot
     behind = now_slot - head  # slots gone by since the ring last moved: they are empty
     if state.orders is None:
-        orders = spend = (0,) * len(rules.horizons_ms)
+        orders, spend = (0,) * len(rules.horizons_ms), (0.0,) * len(rules.horizons_ms)
     else:
         size = rules.order_slots
         recent_orders = _newest_first(state.orders, head, size)

@@ -92,7 +92,7 @@ class Settings:
     churn_tier_monetary: str = "10000,3000,800"
     churn_tier_orders: str = "12,6,2"
     churn_risk_bands: str = "0.4,0.7"
-    churn_learning_rate: str = "0.01"
+    churn_learning_rate: str = "0.05"
     churn_winback: str = "diamond:percent_off:20:300:14,gold:amount_off:50:300:14"
     churn_currency: str = "CNY"
     churn_emit_features: int = 0
