@@ -56,6 +56,8 @@ from operators.rfm import (
     RfmRules,
     compact,
     features,
+    pack_state,
+    unpack_state,
     record_click,
     record_paid,
     record_refund,
@@ -151,7 +153,7 @@ class ChurnBook:
         self.model = model
         self.learning = learning  # False: score only (evaluation on held-out customers)
         self.clock = StreamClock(rules.lateness_ms, rules.idle_source_ms, rules.startup_grace_ms)
-        self.customers: dict[str, CustomerState] = {}
+        self.customers: dict[str, bytes] = {}  # user_id -> packed CustomerState (`operators/rfm.py`)
         self.inbox: list[tuple] = []  # heap of (ts, kind, user_id, event_id, ChurnInput)
         self.timers: list[tuple[int, str]] = []  # heap of (due ts, user_id)
         self.frontier: int | None = None  # event time applied so far
@@ -217,9 +219,8 @@ class ChurnBook:
 
     def _apply(self, event: ChurnInput, now: int) -> None:
         user_id = event.user_id
-        user = self.customers.get(user_id)
-        if user is None:
-            user = self.customers[user_id] = CustomerState(now)
+        blob = self.customers.get(user_id)
+        user = CustomerState(now) if blob is None else unpack_state(blob)
         rfm = self.rules.rfm
         kind = event.kind
         if kind == PAID:
@@ -236,14 +237,19 @@ class ChurnBook:
             if first_today:
                 self._score(user_id, user, now)
         self._schedule(user_id, user, now)
+        self.customers[user_id] = pack_state(user)
 
     def _wake(self, user_id: str, due: int) -> None:
-        user = self.customers.get(user_id)
-        if user is None or user.queued_ts != due:
+        blob = self.customers.get(user_id)
+        if blob is None:
+            return
+        user = unpack_state(blob)
+        if user.queued_ts != due:
             return  # a timer superseded by an earlier one
         user.queued_ts = None
         if user.wake_ts is not None and user.wake_ts > due:
             self._queue(user_id, user, user.wake_ts)  # activity moved it later
+            self.customers[user_id] = pack_state(user)
             return
         rules = self.rules
         if user.pending_ts is not None:
@@ -260,6 +266,7 @@ class ChurnBook:
         elif self._rescore_due(user, due):
             self._score(user_id, user, due)
         self._schedule(user_id, user, due)
+        self.customers[user_id] = pack_state(user)
 
     def _rescore_due(self, user: CustomerState, now: int) -> bool:
         """Quiet customers are re-scored while their risk can still rise: until it is high
@@ -375,12 +382,19 @@ class ChurnBook:
         user.queued_ts = due
         heapq.heappush(self.timers, (due, user_id))
 
+    # -- reading -----------------------------------------------------------------------------
+    def customer(self, user_id: str) -> CustomerState | None:
+        """A copy of one customer's state (changing it changes nothing in the book)."""
+        blob = self.customers.get(user_id)
+        return None if blob is None else unpack_state(blob)
+
     # -- evaluation ------------------------------------------------------------------------
     def scores_at(self, now: int) -> dict[str, tuple[float, float | None]]:
         """(churn probability, days since the last paid order) of every customer who has paid,
         at event time `now`, without changing anything (for benchmarks on held-out customers)."""
         out = {}
-        for user_id, user in self.customers.items():
+        for user_id, blob in self.customers.items():
+            user = unpack_state(blob)
             if user.orders_total == 0:
                 continue
             view = rfm_view(user, now, self.rules.rfm)

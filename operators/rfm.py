@@ -21,6 +21,7 @@ horizon; `new` has never paid an order.
 from __future__ import annotations
 
 import math
+import struct
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
@@ -99,7 +100,7 @@ class CustomerState:
         self.spend: array | None = None  # paid value per slot ('f')
         self.activity: array | None = None  # visits then cart adds per slot ('H'), over the activity horizon
         self.last_session = 0  # crc32 of the latest session id: a new one is a visit
-        self.recent_orders: tuple[int, ...] = ()  # crc32 of the last paid order ids: a re-delivery counts once
+        self.recent_orders = 0  # the last two paid order ids, hashed (`_seen_order`): a re-delivery counts once
         self.score: float | None = None
         self.risk: str | None = None
         self.tier: str | None = None
@@ -111,11 +112,12 @@ class CustomerState:
         self.queued_ts: int | None = None  # the earliest timer queued for it
 
     def __getstate__(self):
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return pack_state(self)
 
-    def __setstate__(self, state) -> None:
-        for name, value in zip(self.__slots__, state):
-            setattr(self, name, value)
+    def __setstate__(self, blob: bytes) -> None:
+        restored = unpack_state(blob)
+        for name in self.__slots__:
+            setattr(self, name, getattr(restored, name))
 
     @property
     def compacted(self) -> bool:
@@ -149,9 +151,11 @@ def _touch_rings(state: CustomerState, ts: int, rules: RfmRules) -> int:
 
 def record_paid(state: CustomerState, ts: int, amount: float, order_key: int, rules: RfmRules) -> bool:
     """A paid order; False when it was already counted (the same order delivered again)."""
-    if order_key in state.recent_orders:
+    mark = (order_key & 0x7FFF_FFFF) | 0x8000_0000  # never 0, so an empty half matches nothing
+    recent = state.recent_orders
+    if mark == recent & 0xFFFF_FFFF or mark == recent >> 32:
         return False
-    state.recent_orders = (state.recent_orders + (order_key,))[-4:]
+    state.recent_orders = ((recent & 0xFFFF_FFFF) << 32) | mark
     slot = _touch_rings(state, ts, rules)
     if state.orders is None:
         size = rules.order_slots
@@ -283,6 +287,69 @@ def features(state: CustomerState, view: RfmView) -> tuple[float, ...]:
     for orders, monetary in zip(view.orders_by_horizon, view.monetary_by_horizon):
         values += [log1p(orders), log1p(monetary)]
     return tuple(values)
+
+
+# -- compact storage ------------------------------------------------------------------------
+# A CustomerState as Python objects costs ~1.7 KB (every timestamp is a 32 byte int, every
+# array a 64 byte header); the book stores each customer as one bytes value instead, and
+# unpacks it for the few microseconds an event or timer works on it.
+
+_NONE = -(2**63)
+_HEADER = struct.Struct("<10q2IQ2d6B")
+_RISK_CODES = ("low", "medium", "high")
+_CODE_NONE = 255
+_TIME_FIELDS = ("first_ts", "last_ts", "first_order_ts", "last_order_ts", "last_visit_ts", "head_slot",
+                "scored_ts", "episode_ts", "wake_ts", "queued_ts")
+
+
+def _code(value: str | None, names: tuple[str, ...]) -> int:
+    return _CODE_NONE if value is None else names.index(value)
+
+
+def pack_state(state: CustomerState) -> bytes:
+    get = state.__getattribute__
+    times = [_NONE if get(name) is None else get(name) for name in _TIME_FIELDS]
+    order_slots = 0 if state.orders is None else len(state.orders)
+    activity_len = 0 if state.activity is None else len(state.activity)
+    pending = 0 if state.pending_ts is None else len(state.pending_ts)
+    width = 0 if not pending else len(state.pending_x) // pending
+    parts = [_HEADER.pack(*times, state.orders_total, state.last_session, state.recent_orders, state.spend_total,
+                          -1.0 if state.score is None else state.score, _code(state.risk, _RISK_CODES),
+                          _code(state.tier, TIERS), order_slots, activity_len, pending, width)]
+    if order_slots:
+        parts += [state.orders.tobytes(), state.spend.tobytes()]
+    if activity_len:
+        parts.append(state.activity.tobytes())
+    if pending:
+        parts += [state.pending_ts.tobytes(), state.pending_x.tobytes()]
+    return b"".join(parts)
+
+
+def unpack_state(blob: bytes) -> CustomerState:
+    fields = _HEADER.unpack_from(blob)
+    state = CustomerState.__new__(CustomerState)
+    for name, value in zip(_TIME_FIELDS, fields):
+        setattr(state, name, None if value == _NONE else value)
+    (state.orders_total, state.last_session, state.recent_orders, state.spend_total, score, risk, tier,
+     order_slots, activity_len, pending, width) = fields[10:]
+    state.score = None if score < 0 else score
+    state.risk = None if risk == _CODE_NONE else _RISK_CODES[risk]
+    state.tier = None if tier == _CODE_NONE else TIERS[tier]
+    at = _HEADER.size
+    state.orders = state.spend = state.activity = state.pending_ts = state.pending_x = None
+    if order_slots:
+        state.orders = array("H", blob[at:at + 2 * order_slots])
+        at += 2 * order_slots
+        state.spend = array("f", blob[at:at + 4 * order_slots])
+        at += 4 * order_slots
+    if activity_len:
+        state.activity = array("H", blob[at:at + 2 * activity_len])
+        at += 2 * activity_len
+    if pending:
+        state.pending_ts = array("q", blob[at:at + 8 * pending])
+        at += 8 * pending
+        state.pending_x = array("f", blob[at:at + 4 * pending * width])
+    return state
 
 
 def compact(state: CustomerState) -> None:

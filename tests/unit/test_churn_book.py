@@ -68,12 +68,12 @@ def test_labels_resolve_only_after_the_horizon():
     feed(book, [paid("u1", 0)])
     first_tick = book._next_snapshot("u1", day(0))
     feed(book, [], until=(first_tick - T0) / DAY_MS)
-    assert book.customers["u1"].pending_ts[0] == first_tick
+    assert book.customer("u1").pending_ts[0] == first_tick
     feed(book, [], until=(first_tick - T0) / DAY_MS + 89.9)
     assert book.model.labels_learned == 0  # the outcome is not known yet
     feed(book, [], until=(first_tick - T0) / DAY_MS + 90)
     assert book.model.labels_learned >= 1 and book.model.churned_learned == book.model.labels_learned
-    assert book.customers["u1"].pending_ts[0] > first_tick  # later snapshots still wait
+    assert book.customer("u1").pending_ts[0] > first_tick  # later snapshots still wait
 
 
 def test_an_order_within_the_horizon_resolves_pending_labels_as_active():
@@ -94,7 +94,8 @@ def test_pending_labels_stay_bounded_per_customer():
     for start in range(0, len(records), 500):
         for _, batch in triage_batch(records[start:start + 500], config, NOW):
             book.add(batch.inputs, batch.progress, NOW)
-        worst = max([worst] + [len(c.pending_ts) for c in book.customers.values() if c.pending_ts is not None])
+        states = [book.customer(u) for u in book.customers]
+        worst = max([worst] + [len(c.pending_ts) for c in states if c.pending_ts is not None])
     assert 1 <= worst <= RULES.horizon_ms // RULES.label_period_ms + 1
 
 
@@ -108,7 +109,7 @@ def test_a_customer_who_keeps_buying_stays_low_and_one_who_stops_drifts_to_high(
     drift = []
     for week in range(40, 60):
         changes = feed(book, [paid("loyal", 7 * week)], until=7 * week)
-        drift.append(book.customers["lapsing"].risk)
+        drift.append(book.customer("lapsing").risk)
         assert changes.views["loyal"]["risk"] == "low"
     assert drift[0] in ("low", "medium") and drift[-1] == "high"
     order = {"low": 0, "medium": 1, "high": 2}
@@ -120,19 +121,19 @@ def test_one_winback_per_episode_and_another_after_a_comeback(trained_model):
     coupons = []
     for week in range(30):
         coupons += feed(book, [paid("vip", 7 * week, 600.0)]).coupons
-    assert book.customers["vip"].tier == "diamond" and not coupons
+    assert book.customer("vip").tier == "diamond" and not coupons
     for quiet_day in range(210, 420, 3):
         coupons += feed(book, [click("other", quiet_day)]).coupons
     assert len(coupons) == 1
     first = coupons[0]
     assert first.reason == "churn_winback" and first.user_id == "vip" and first.tier == "diamond"
-    assert first.trigger_id == f"churn:vip:{book.customers['vip'].episode_ts}"
+    assert first.trigger_id == f"churn:vip:{book.customer('vip').episode_ts}"
     assert (first.kind, first.value, first.min_spend) == ("percent_off", 20.0, 300.0)
     assert first.expires_ts == first.ts + 14 * DAY_MS
     # Comes back for a few months, then lapses again: a new episode, a new coupon.
     for week in range(60, 80):
         coupons += feed(book, [paid("vip", 7 * week, 600.0)]).coupons
-    assert book.customers["vip"].risk == "low" and book.customers["vip"].episode_ts is None
+    assert book.customer("vip").risk == "low" and book.customer("vip").episode_ts is None
     for quiet_day in range(560, 760, 3):
         coupons += feed(book, [click("other", quiet_day)]).coupons
     assert len(coupons) == 2 and coupons[1].trigger_id != first.trigger_id
@@ -162,7 +163,7 @@ def test_low_value_customers_get_no_winback(trained_model):
         coupons += feed(book, [paid("thrifty", 7 * week, 20.0)]).coupons
     for quiet_day in range(70, 300, 3):
         coupons += feed(book, [click("other", quiet_day)]).coupons
-    assert book.customers["thrifty"].risk == "high" and book.customers["thrifty"].tier == "bronze"
+    assert book.customer("thrifty").risk == "high" and book.customer("thrifty").tier == "bronze"
     assert coupons == []
 
 
@@ -170,10 +171,10 @@ def test_quiet_customers_are_compacted_and_visitors_who_never_paid_are_dropped()
     book = fresh_book()
     feed(book, [paid("buyer", 0), click("visitor", 0)])
     feed(book, [], until=30)
-    assert not book.customers["buyer"].compacted and "visitor" in book.customers
+    assert not book.customer("buyer").compacted and "visitor" in book.customers
     feed(book, [], until=500)
     assert "visitor" not in book.customers
-    buyer = book.customers["buyer"]
+    buyer = book.customer("buyer")
     assert buyer.compacted and buyer.pending_ts is None and buyer.orders_total == 1
     assert buyer.tier == "bronze"
     assert len(book.timers) == 0  # nothing left to wake for
@@ -186,7 +187,7 @@ def test_scores_do_not_depend_on_how_the_input_was_batched():
 
     def run(batch_size):
         book = replay_history(records, config, batch_size=batch_size, now_ms=NOW)
-        views = {u: (c.score, c.risk, c.tier) for u, c in book.customers.items()}
+        views = {u: (c.score, c.risk, c.tier) for u, c in ((u, book.customer(u)) for u in book.customers)}
         return views, book.model.labels_learned
 
     assert run(1) == run(10_000)

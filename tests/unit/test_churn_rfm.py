@@ -127,3 +127,24 @@ def test_compaction_drops_the_rings_and_keeps_the_summary():
 def test_bad_rules_are_refused(kwargs):
     with pytest.raises(ValueError):
         RfmRules(**kwargs)
+
+
+def test_packed_state_round_trips_every_field():
+    from array import array
+
+    from operators.rfm import pack_state, unpack_state
+
+    state = customer_with_orders([(1, 100.25), (10, 250.5)])
+    record_click(state, day(11), 3, True, RULES)
+    state.score, state.risk, state.tier, state.scored_ts = 0.4321, "medium", "silver", day(11)
+    state.pending_ts = array("q", [day(5), day(8)])
+    state.pending_x = array("f", [float(i) for i in range(2 * len(RULES.feature_names))])
+    blob = pack_state(state)
+    restored = unpack_state(blob)
+    for name in CustomerState.__slots__:
+        assert getattr(restored, name) == getattr(state, name), name
+    assert restored.episode_ts is None and restored.wake_ts is None
+    assert len(blob) < 700
+    compact(state)
+    state.pending_ts = state.pending_x = None
+    assert len(pack_state(state)) < 150
