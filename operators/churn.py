@@ -26,7 +26,7 @@ Per customer (see `operators/rfm.py` for the features and tiers):
   the user id: the features at time t, resolved *active* at the next paid order
   (if within the horizon) or *churned* once the horizon after t has passed without
   one. Sampling on a grid rather than at scored moments keeps the training
-  population the same as the one scored (every tracked customer, at any time), and
+  population the same as the one scored (every customer who has paid, at any time), and
   free of feedback from the model's own bands (re-scoring stops at `high`);
   at most horizon / period + 1 snapshots are pending per customer;
 - a `churn-scores` record when the risk band or tier changes, the latest view
@@ -35,7 +35,8 @@ Per customer (see `operators/rfm.py` for the features and tiers):
   it; a customer in a win-back tier gets one `churn_winback` coupon at its start
   (trigger `churn:{user_id}:{episode start ts}`, so a replay derives the same id);
 - compaction: quiet longer than the longest RFM horizon (and the churn horizon),
-  with no label pending, the rings go; a customer who never paid is dropped.
+  with no label pending, the rings go; a visitor who never paid is dropped after
+  one churn horizon of quiet.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ class ChurnBook:
         if self._snapshots_open(user, due) and self._next_snapshot(user_id, due - 1) == due:
             self._snapshot(user, due)
         quiet_ms = due - user.last_ts
-        if quiet_ms >= rules.compact_after_ms and user.pending_ts is None:
+        if quiet_ms >= self._keep_quiet_ms(user) and user.pending_ts is None:
             if user.orders_total == 0:
                 del self.customers[user_id]
                 return
@@ -322,7 +323,12 @@ class ChurnBook:
         """Labels are sampled while the customer is tracked, and stop early enough that the
         last one resolves before compaction."""
         rules = self.rules
-        return self.learning and now - user.last_ts < rules.compact_after_ms - rules.horizon_ms
+        return self.learning and user.orders_total > 0 and now - user.last_ts < rules.compact_after_ms - rules.horizon_ms
+
+    def _keep_quiet_ms(self, user: CustomerState) -> int:
+        """How long a quiet customer keeps its windows: a buyer until every window is empty;
+        a visitor who never paid (no tier to keep, no label to learn) one churn horizon."""
+        return self.rules.compact_after_ms if user.orders_total else self.rules.horizon_ms
 
     def _resolve_pending(self, user: CustomerState, now: int, churned: bool) -> None:
         """A paid order: every snapshot taken before it (all within the horizon) was active."""
@@ -372,7 +378,7 @@ class ChurnBook:
         if self._snapshots_open(user, now):
             candidates.append(self._next_snapshot(user_id, now))
         if not user.compacted or user.orders_total == 0:
-            candidates.append(user.last_ts + rules.compact_after_ms)
+            candidates.append(user.last_ts + self._keep_quiet_ms(user))
         wake = max(min(candidates), now + 1) if candidates else None
         user.wake_ts = wake
         if wake is not None and (user.queued_ts is None or wake < user.queued_ts):

@@ -70,8 +70,8 @@ class RfmRules:
 
     @property
     def feature_names(self) -> tuple[str, ...]:
-        names = ["recency_days", "tenure_days", "orders_total", "has_orders", "gap_ratio", "days_since_visit",
-                 "visits_recent", "carts_recent"]
+        names = ["recency_days", "tenure_days", "orders_total", "has_orders", "gap_ratio", "gap_days",
+                 "quiet_chance", "days_since_visit", "visits_recent", "carts_recent"]
         for horizon in self.horizons_ms:
             days = horizon // DAY_MS
             names += [f"orders_{days}d", f"monetary_{days}d"]
@@ -279,11 +279,14 @@ def features(state: CustomerState, view: RfmView) -> tuple[float, ...]:
         gap = (span + max(0.0, (state.first_order_ts - state.first_ts) / DAY_MS) + 1.0) / state.orders_total
         gap_ratio = recency / gap
     else:
-        recency = tenure
-        gap_ratio = tenure
+        recency = gap = tenure
+        gap_ratio = 1.0
     since_visit = tenure if view.days_since_visit is None else view.days_since_visit
+    # `quiet_chance`: how likely a customer buying at its pace (exponential gaps) is to stay
+    # this quiet while still active; small values say it has probably stopped.
     values = [log1p(recency), log1p(tenure), log1p(state.orders_total), 1.0 if state.orders_total else 0.0,
-              log1p(gap_ratio), log1p(since_visit), log1p(view.visits), log1p(view.cart_adds)]
+              log1p(gap_ratio), log1p(gap), math.exp(-gap_ratio), log1p(since_visit), log1p(view.visits),
+              log1p(view.cart_adds)]
     for orders, monetary in zip(view.orders_by_horizon, view.monetary_by_horizon):
         values += [log1p(orders), log1p(monetary)]
     return tuple(values)
