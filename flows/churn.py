@@ -176,17 +176,13 @@ def churn_input(event: OrderEvent | ClickEvent) -> ChurnInput | None:
     return ChurnInput(event.ts, kind, event.user_id, event.session_id, 0.0, event.event_id)
 
 
-def bucket_of(user_id: str, buckets: int) -> int:
-    return zlib.crc32(user_id.encode()) % buckets  # not hash(): the same bucket in every process
-
-
 def triage_batch(records: list[InputRecord], config: ChurnConfig, now_ms: int) -> list[tuple[str, ChurnBatch]]:
     """Decode a batch into churn inputs grouped by bucket; every bucket gets an entry."""
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     buckets = config.buckets
     per_bucket: list[list[ChurnInput]] = [[] for _ in range(buckets)]
     progress: dict[tuple[str, int], int] = {}
-    crc32 = zlib.crc32
+    crc32 = zlib.crc32  # not hash(): a customer must land in the same bucket in every process
     for record in records:
         event = decode_record(record, latest_ts_ms)
         kind = type(event)

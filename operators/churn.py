@@ -252,7 +252,6 @@ class ChurnBook:
             self._queue(user_id, user, user.wake_ts)  # activity moved it later
             self.customers[user_id] = pack_state(user)
             return
-        rules = self.rules
         if user.pending_ts is not None:
             self._resolve_expired(user, due)
         if self._snapshots_open(user, due) and self._next_snapshot(user_id, due - 1) == due:

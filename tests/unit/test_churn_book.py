@@ -5,15 +5,13 @@ from dataclasses import replace
 
 import pytest
 
-from flows.churn import ChurnConfig, churn_input, replay_history
+from flows.churn import ChurnConfig, churn_input, replay_history, triage_batch
 from operators.churn import CLICK, PAID, ChurnBook, ChurnInput, ChurnRules, WinbackOffer
 from operators.churn_model import ChurnModel, ModelRules
 from operators.events import parse_event
 from operators.rfm import DAY_MS, RfmRules
-from shopstream.settings import Settings
 from simulators.histories import generate_history
 from simulators.testing import input_records
-from state.serde import loads
 
 NOW = 1_900_000_000_000  # a fixed wall clock: everything runs on event time
 SOURCE = ("orders", 0)
@@ -45,10 +43,6 @@ def feed(book: ChurnBook, inputs: list[ChurnInput], until: float | None = None):
     """Give the book events, with the stream's progress at `until` (default: the last event)."""
     latest = max([i.ts for i in inputs] + ([day(until)] if until is not None else []))
     return book.add(inputs, {SOURCE: latest}, NOW)
-
-
-def settings_config(**overrides) -> ChurnConfig:
-    return ChurnConfig.from_settings(Settings.from_env({}, startup_grace_ms=0, allowed_lateness_s=0, **overrides))
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +84,6 @@ def test_pending_labels_stay_bounded_per_customer():
     worst = 0
     records = input_records(history)
     config = ChurnConfig(0, RULES, ModelRules(), buckets=1)
-    from flows.churn import triage_batch
     for start in range(0, len(records), 500):
         for _, batch in triage_batch(records[start:start + 500], config, NOW):
             book.add(batch.inputs, batch.progress, NOW)

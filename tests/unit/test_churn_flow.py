@@ -1,7 +1,6 @@
 """The churn flow on TestingSource/TestingSink: replay at full speed equals a live-paced
 run, with one worker and with two, and bad input is skipped, not fatal."""
 
-from dataclasses import replace
 
 import orjson
 import pytest
