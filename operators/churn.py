@@ -31,9 +31,11 @@ Per customer (see `operators/rfm.py` for the features and tiers):
   at most horizon / period + 1 snapshots are pending per customer;
 - a `churn-scores` record when the risk band or tier changes, the latest view
   for `churn:{user_id}` after every score;
-- a high-risk episode starts when the band turns `high` and ends when it leaves
-  it; a customer in a win-back tier gets one `churn_winback` coupon at its start
-  (trigger `churn:{user_id}:{episode start ts}`, so a replay derives the same id);
+- a high-risk episode starts when the band turns `high` and ends at the next paid
+  order (a visit that lowers the score for a while does not end it, so a band
+  flapping between medium and high cannot send a second offer); a customer in a
+  win-back tier gets one `churn_winback` coupon at its start (trigger
+  `churn:{user_id}:{episode start ts}`, so a replay derives the same id);
 - compaction: quiet longer than the longest RFM horizon (and the churn horizon),
   with no label pending, the rings go; a visitor who never paid is dropped after
   one churn horizon of quiet.
@@ -227,6 +229,7 @@ class ChurnBook:
         if kind == PAID:
             if not record_paid(user, now, event.amount, zlib.crc32(event.ref.encode()), rfm):
                 return
+            user.episode_ts = None  # the customer is back: a later lapse is a new episode
             self._resolve_pending(user, now, churned=False)
             self._score(user_id, user, now)
         elif kind == REFUNDED:
@@ -282,9 +285,7 @@ class ChurnBook:
         risk = self.model.band(score)
         tier = tier_of(user, view, rules.rfm)
         changed = risk != user.risk or tier != user.tier
-        turned_high = risk == "high" and user.risk != "high"
-        if risk != "high":
-            user.episode_ts = None
+        turned_high = risk == "high" and user.episode_ts is None
         user.score, user.risk, user.tier, user.scored_ts = score, risk, tier, now
         if changed:
             named = dict(zip(self.model.feature_names, (round(v, 4) for v in x))) if rules.emit_features else None

@@ -1,5 +1,6 @@
 """The churn book: delayed labels, risk over time, win-back episodes, compaction, determinism."""
 
+import math
 import pickle
 from dataclasses import replace
 
@@ -194,3 +195,31 @@ def test_churn_input_keeps_paid_refunded_and_clicks():
     click_event = {"event_id": "c1", "ts": 5, "user_id": "u", "session_id": "s1", "type": "add_to_cart",
                    "channel": "app", "region": "r", "device": "d"}
     assert churn_input(parse_event("clickstream", click_event)).ref == "s1"
+
+
+class VisitSensitiveModel(ChurnModel):
+    """A stand-in model: high risk after ten days without a visit, medium otherwise."""
+
+    def score(self, x) -> float:
+        return 0.9 if x[self.feature_names.index("days_since_visit")] > math.log1p(10) else 0.5
+
+
+def test_a_visit_that_lowers_the_risk_does_not_start_a_second_episode():
+    book = ChurnBook(RULES, VisitSensitiveModel(RULES.rfm.feature_names), learning=False)
+    for week in range(30):
+        feed(book, [paid("vip", 7 * week, 600.0), click("vip", 7 * week)])
+    coupons = []
+    for quiet_day in range(210, 240, 3):
+        coupons += feed(book, [click("other", quiet_day)]).coupons
+    assert len(coupons) == 1 and book.customer("vip").risk == "high"
+    episode = book.customer("vip").episode_ts
+    feed(book, [click("vip", 241)])  # browsing again, no order: the risk falls ...
+    assert book.customer("vip").risk == "medium"
+    for quiet_day in range(242, 300, 3):  # ... and rises again as the visits stop
+        coupons += feed(book, [click("other", quiet_day)]).coupons
+    assert book.customer("vip").risk == "high"
+    assert len(coupons) == 1 and book.customer("vip").episode_ts == episode  # the same episode
+    coupons += feed(book, [paid("vip", 300, 600.0), click("vip", 300)]).coupons  # back for real
+    for quiet_day in range(303, 360, 3):
+        coupons += feed(book, [click("other", quiet_day)]).coupons
+    assert len(coupons) == 2 and coupons[1].trigger_id != coupons[0].trigger_id
