@@ -53,7 +53,7 @@ class ChurnModel:
     """A river pipeline (scaler + logistic regression) with the feature names it was built for.
 
     river models are not thread-safe and cannot be merged: each churn bucket owns one.
-    `version` counts the labels learned, so two models with the same history agree.
+    `labels_learned` counts the labels learned, so two models with the same history agree.
     """
 
     def __init__(self, feature_names: tuple[str, ...], rules: ModelRules = ModelRules()):
