@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     from shopstream import fraud_cli
 
     fraud_cli.add_arguments(commands)
+    from shopstream import churn_cli
+
+    churn_cli.add_arguments(commands)
 
     bench = commands.add_parser("bench", help="measure flows on real Kafka and Redis (see BENCHMARKS.md)")
     bench.add_argument(

@@ -30,6 +30,7 @@ FLOWS: dict[str, str] = {
     "alerts": "flows.alerts:flow",
     "coupons": "flows.coupons:flow",
     "fraud": "flows.fraud:flow",
+    "churn": "flows.churn:flow",
 }
 
 # How long a stopping flow may take to exit before it is killed.

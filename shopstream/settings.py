@@ -116,11 +116,27 @@ class Settings:
     funnel_dropoff_min_sessions: int = 200
     funnel_dropoff_pct: int = 50
     funnel_experiment_min_sessions: int = 1000
+    # churn (customer value tiers, churn risk, win-back offers; see README)
+    churn_buckets: int = 8
+    churn_horizon_days: int = 90
+    churn_rfm_horizons_days: str = "28,91,364"
+    churn_slot_days: int = 7
+    churn_activity_days: int = 28
+    churn_rescore_days: int = 7
+    churn_label_period_days: int = 30
+    churn_tier_monetary: str = "10000,3000,800"
+    churn_tier_orders: str = "12,6,2"
+    churn_risk_bands: str = "0.4,0.7"
+    churn_learning_rate: str = "0.05"
+    churn_winback: str = "diamond:percent_off:20:300:14,gold:amount_off:50:300:14"
+    churn_currency: str = "CNY"
+    churn_emit_features: int = 0
+    churn_model_dir: Path = Path(".shopstream/models")
     kafka_security: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Paths may arrive as strings from code (overrides); normalise them once here.
-        for name in ("recovery_dir", "services_dir", "cache_dir", "fraud_model_dir"):
+        for name in ("recovery_dir", "services_dir", "cache_dir", "fraud_model_dir", "churn_model_dir"):
             value = getattr(self, name)
             if not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value).expanduser())
@@ -317,6 +333,22 @@ _SPECS = (
     _Spec("funnel_dropoff_min_sessions", "SHOPSTREAM_FUNNEL_DROPOFF_MIN_SESSIONS", int, 1),
     _Spec("funnel_dropoff_pct", "SHOPSTREAM_FUNNEL_DROPOFF_PCT", int, 1),
     _Spec("funnel_experiment_min_sessions", "SHOPSTREAM_FUNNEL_EXPERIMENT_MIN_SESSIONS", int, 1),
+    # churn (customer value tiers, churn risk, win-back offers; see README)
+    _Spec("churn_buckets", "SHOPSTREAM_CHURN_BUCKETS", int, 1),
+    _Spec("churn_horizon_days", "SHOPSTREAM_CHURN_HORIZON_DAYS", int, 1),
+    _Spec("churn_rfm_horizons_days", "SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS", str),
+    _Spec("churn_slot_days", "SHOPSTREAM_CHURN_SLOT_DAYS", int, 1),
+    _Spec("churn_activity_days", "SHOPSTREAM_CHURN_ACTIVITY_DAYS", int, 1),
+    _Spec("churn_rescore_days", "SHOPSTREAM_CHURN_RESCORE_DAYS", int, 1),
+    _Spec("churn_label_period_days", "SHOPSTREAM_CHURN_LABEL_PERIOD_DAYS", int, 1),
+    _Spec("churn_tier_monetary", "SHOPSTREAM_CHURN_TIER_MONETARY", str),
+    _Spec("churn_tier_orders", "SHOPSTREAM_CHURN_TIER_ORDERS", str),
+    _Spec("churn_risk_bands", "SHOPSTREAM_CHURN_RISK_BANDS", str),
+    _Spec("churn_learning_rate", "SHOPSTREAM_CHURN_LEARNING_RATE", str),
+    _Spec("churn_winback", "SHOPSTREAM_CHURN_WINBACK", str),
+    _Spec("churn_currency", "SHOPSTREAM_CHURN_CURRENCY", str),
+    _Spec("churn_emit_features", "SHOPSTREAM_CHURN_EMIT_FEATURES", int, 0),
+    _Spec("churn_model_dir", "SHOPSTREAM_CHURN_MODEL_DIR", Path),
 )
 
 assert {s.name for s in _SPECS} | {"kafka_security"} == {f.name for f in fields(Settings)}

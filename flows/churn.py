@@ -1,0 +1,327 @@
+"""churn: customer value tiers (RFM), churn risk and win-back offers.
+
+Reads `orders` and `clickstream` (keyed by user). Customers are hashed into a fixed
+number of buckets, one `ChurnBook` per bucket (customers, timers, its own river
+model); every input batch reaches every bucket with the batch's latest event time
+per input partition, so each bucket's clock, and with it the timers of quiet
+customers, follows the whole stream (watermarks in Bytewax are per key). The
+bucket count fixes which model scores a customer: keep it when replaying, or the
+scores differ.
+
+Outputs: `churn:{user_id}` hashes in Redis (latest view of each customer a batch
+scored), `churn-scores` records on band or tier changes (Kafka key `user_id`),
+and `churn_winback` coupons through the shared coupon issuer. Dead letters are
+skipped: the intake flow publishes them.
+
+Each bucket warm-starts from the latest `churn` model checkpoint
+(`shopstream churn train`) when it has no recovered state.
+
+Run it the Bytewax way: `python -m bytewax.run flows.churn:flow -r DIR -s 5 -b 0`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import pickle
+import zlib
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Iterable, NamedTuple
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from flows.stock import PickledLedger, tune_gc_for_a_ledger_process
+from operators.churn import CART_ADD, CLICK, PAID, REFUNDED, ChurnBook, ChurnChanges, ChurnInput, ChurnRules, WinbackOffer
+from operators.churn_model import ChurnModel, ModelRules
+from operators.clock import Clock, from_ms, wall_clock_ms
+from operators.coupons import KINDS, TIERS, Coupon
+from operators.events import ClickEvent, OrderEvent
+from operators.rfm import DAY_MS, RfmRules
+from shopstream.settings import ConfigError, Settings
+from state.coupons import CouponSink
+from state.inputs import decode_record
+from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
+from state.model_checkpoints import ModelStore
+from state.redis_store import RedisSink, RedisWrite, ReplaceHash
+from state.serde import dumps
+
+log = logging.getLogger(__name__)
+
+CHURN_TOPICS = ("orders", "clickstream")
+MODEL_NAME = "churn"
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def _numbers(env: str, text: str, kind: type, count: int | None = None) -> tuple:
+    try:
+        values = tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{env} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
+    if count is not None and len(values) != count:
+        raise ConfigError(f"{env} needs {count} values, got {text!r}")
+    if any(value < 0 for value in values):
+        raise ConfigError(f"{env} values must not be negative, got {text!r}")
+    return values
+
+
+def parse_winback(text: str) -> dict[str, WinbackOffer]:
+    """`tier:kind:value:min_spend:valid_days,...`; min_spend 0 = none. Empty: no win-backs."""
+    env = "SHOPSTREAM_CHURN_WINBACK"
+    offers: dict[str, WinbackOffer] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        parts = entry.split(":")
+        if len(parts) != 5:
+            raise ConfigError(f"{env} entries look like gold:amount_off:50:300:14, got {entry!r}")
+        tier, kind, value, min_spend, days = parts
+        if tier not in TIERS or tier == "new":
+            raise ConfigError(f"{env}: tier must be one of {', '.join(TIERS[:-1])}, got {tier!r}")
+        if kind not in KINDS:
+            raise ConfigError(f"{env}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        try:
+            offer = WinbackOffer(kind, float(value), float(min_spend) or None, int(days) * DAY_MS)
+        except ValueError:
+            raise ConfigError(f"{env}: value, min_spend and days must be numbers in {entry!r}") from None
+        if offer.valid_ms <= 0 or offer.value < 0 or (kind == "percent_off" and not 0 < offer.value < 100):
+            raise ConfigError(f"{env}: {entry!r} needs valid days > 0 and a value in range for {kind}")
+        offers[tier] = offer
+    return offers
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    max_event_ahead_ms: int
+    rules: ChurnRules
+    model_rules: ModelRules
+    buckets: int = 8
+    model_dir: str | None = None  # warm start from the latest checkpoint here
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "ChurnConfig":
+        s = settings
+        horizons = _numbers("SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS", s.churn_rfm_horizons_days, int)
+        monetary = _numbers("SHOPSTREAM_CHURN_TIER_MONETARY", s.churn_tier_monetary, float, 3)
+        orders = _numbers("SHOPSTREAM_CHURN_TIER_ORDERS", s.churn_tier_orders, int, 3)
+        bands = _numbers("SHOPSTREAM_CHURN_RISK_BANDS", s.churn_risk_bands, float, 2)
+        (rate,) = _numbers("SHOPSTREAM_CHURN_LEARNING_RATE", s.churn_learning_rate, float, 1)
+        if list(horizons) != sorted(set(horizons)) or horizons[0] < s.churn_slot_days:
+            raise ConfigError("SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS must be distinct ascending days, each at least "
+                              f"SHOPSTREAM_CHURN_SLOT_DAYS ({s.churn_slot_days}), got {s.churn_rfm_horizons_days!r}")
+        if s.churn_activity_days < s.churn_slot_days:
+            raise ConfigError(f"SHOPSTREAM_CHURN_ACTIVITY_DAYS must be at least SHOPSTREAM_CHURN_SLOT_DAYS, "
+                              f"got {s.churn_activity_days}")
+        if list(monetary) != sorted(monetary, reverse=True):
+            raise ConfigError(f"SHOPSTREAM_CHURN_TIER_MONETARY must not increase from diamond to silver, "
+                              f"got {s.churn_tier_monetary!r}")
+        if list(orders) != sorted(orders, reverse=True):
+            raise ConfigError(f"SHOPSTREAM_CHURN_TIER_ORDERS must not increase from diamond to silver, "
+                              f"got {s.churn_tier_orders!r}")
+        rfm = RfmRules(
+            horizons_ms=tuple(days * DAY_MS for days in horizons),
+            slot_ms=s.churn_slot_days * DAY_MS,
+            activity_ms=s.churn_activity_days * DAY_MS,
+            tier_monetary=monetary,
+            tier_orders=orders,
+        )
+        try:
+            model_rules = ModelRules(learning_rate=rate, medium_at=bands[0], high_at=bands[1])
+        except ValueError as err:
+            raise ConfigError(f"SHOPSTREAM_CHURN_RISK_BANDS / SHOPSTREAM_CHURN_LEARNING_RATE: {err}") from None
+        rules = ChurnRules(
+            rfm=rfm,
+            horizon_ms=s.churn_horizon_days * DAY_MS,
+            rescore_ms=s.churn_rescore_days * DAY_MS,
+            label_period_ms=s.churn_label_period_days * DAY_MS,
+            lateness_ms=s.allowed_lateness_s * 1000,
+            idle_source_ms=s.partition_idle_ms,
+            startup_grace_ms=s.startup_grace_ms,
+            winback_offers=parse_winback(s.churn_winback),
+            currency=s.churn_currency or None,
+            emit_features=bool(s.churn_emit_features),
+        )
+        return cls(
+            max_event_ahead_ms=s.max_event_ahead_s * 1000,
+            rules=rules,
+            model_rules=model_rules,
+            buckets=max(s.churn_buckets, s.total_workers),
+            model_dir=str(s.churn_model_dir),
+        )
+
+
+# -- the dataflow --------------------------------------------------------------------------
+
+
+class ChurnBatch(NamedTuple):
+    """One input batch's events for one bucket, and the batch's latest event time per input partition."""
+
+    inputs: list[ChurnInput]
+    progress: dict[tuple[str, int], int]
+
+
+def churn_input(event: OrderEvent | ClickEvent) -> ChurnInput | None:
+    """The RFM-relevant part of an event; None for events that change nothing (created, cancelled)."""
+    if type(event) is OrderEvent:
+        if event.status == "paid":
+            return ChurnInput(event.ts, PAID, event.user_id, event.order_id, event.amount, event.event_id)
+        if event.status == "refunded":
+            return ChurnInput(event.ts, REFUNDED, event.user_id, event.order_id, event.amount, event.event_id)
+        return None
+    kind = CART_ADD if event.type == "add_to_cart" else CLICK
+    return ChurnInput(event.ts, kind, event.user_id, event.session_id, 0.0, event.event_id)
+
+
+def triage_batch(records: list[InputRecord], config: ChurnConfig, now_ms: int) -> list[tuple[str, ChurnBatch]]:
+    """Decode a batch into churn inputs grouped by bucket; every bucket gets an entry."""
+    latest_ts_ms = now_ms + config.max_event_ahead_ms
+    buckets = config.buckets
+    per_bucket: list[list[ChurnInput]] = [[] for _ in range(buckets)]
+    progress: dict[tuple[str, int], int] = {}
+    crc32 = zlib.crc32  # not hash(): a customer must land in the same bucket in every process
+    for record in records:
+        event = decode_record(record, latest_ts_ms)
+        kind = type(event)
+        if kind is not OrderEvent and kind is not ClickEvent:
+            continue  # a dead letter (published by intake) or another topic
+        source = (record.topic, record.partition)
+        if event.ts > progress.get(source, -1):
+            progress[source] = event.ts
+        item = churn_input(event)
+        if item is not None:
+            per_bucket[crc32(item.user_id.encode()) % buckets].append(item)
+    if not progress:
+        return []
+    return [(str(index), ChurnBatch(inputs, progress)) for index, inputs in enumerate(per_bucket)]
+
+
+class _ChurnLogic(StatefulBatchLogic[ChurnBatch, ChurnChanges, ChurnBook]):
+    """Bytewax adapter around the pure `ChurnBook`; wall time enters only here."""
+
+    def __init__(self, book: ChurnBook, now_ms: Clock):
+        self._book = book
+        self._now_ms = now_ms
+
+    def on_batch(self, batches: list[ChurnBatch]):
+        now = self._now_ms()
+        return [self._book.add(batch.inputs, batch.progress, now) for batch in batches], self.RETAIN
+
+    def on_notify(self):
+        return [self._book.advance(self._now_ms())], self.RETAIN
+
+    def on_eof(self):
+        # A finite input (a test, a replay from a file) has ended: nothing more is coming.
+        return [self._book.flush()], self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        wake = self._book.next_wake_wall_ms(self._now_ms())
+        return None if wake is None else from_ms(wake)
+
+    def snapshot(self) -> PickledLedger:
+        return PickledLedger(pickle.dumps(self._book, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def new_model(config: ChurnConfig) -> ChurnModel:
+    """The latest compatible checkpoint (pre-trained on history), else a cold model."""
+    feature_names = config.rules.rfm.feature_names
+    if config.model_dir:
+        checkpoint = ModelStore(config.model_dir).load(MODEL_NAME)
+        if checkpoint is not None and isinstance(checkpoint.model, ChurnModel):
+            if checkpoint.model.compatible_with(feature_names):
+                model = copy.deepcopy(checkpoint.model)
+                model.rules = config.model_rules
+                log.info("churn model warm-started from checkpoint v%d", checkpoint.version)
+                return model
+            log.warning("churn checkpoint v%d was built for other features; starting cold", checkpoint.version)
+    return ChurnModel(feature_names, config.model_rules)
+
+
+def book_for(resumed: "ChurnBook | PickledLedger | None", config: ChurnConfig, now_ms: int) -> ChurnBook:
+    """The resumed book under the current rules, or a new one with a warm-started model."""
+    if resumed is None:
+        return ChurnBook(config.rules, new_model(config))
+    if isinstance(resumed, PickledLedger):  # handed back without going through the store
+        resumed = pickle.loads(resumed.data)
+    resumed.rules = config.rules
+    resumed.model.rules = config.model_rules
+    resumed.clock.lateness_ms = config.rules.lateness_ms
+    resumed.resume(now_ms)
+    return resumed
+
+
+def churn_outputs(changes: ChurnChanges) -> tuple[list[OutboundMessage], list[RedisWrite], list[Coupon]]:
+    messages = [
+        OutboundMessage("churn-scores", score.user_id.encode(), dumps(score.to_dict())) for score in changes.scores
+    ]
+    writes: list[RedisWrite] = [ReplaceHash(f"churn:{user_id}", view) for user_id, view in changes.views.items()]
+    return messages, writes, changes.coupons
+
+
+def replay_history(records: Iterable[InputRecord], config: ChurnConfig, model: ChurnModel | None = None,
+                   learning: bool = True, batch_size: int = 5_000, now_ms: int | None = None) -> ChurnBook:
+    """Replay recorded `orders`/`clickstream` history through one book, the flow's logic
+    without the engine: pre-training (`shopstream churn train`) and benchmarks. With
+    one bucket, every label teaches the same model."""
+    one_bucket = replace(config, buckets=1)
+    book = ChurnBook(config.rules, model or ChurnModel(config.rules.rfm.feature_names, config.model_rules),
+                     learning=learning)
+    now = wall_clock_ms() if now_ms is None else now_ms
+    batch: list[InputRecord] = []
+
+    def feed() -> None:
+        for _, bucket_batch in triage_batch(batch, one_bucket, now):
+            book.add(bucket_batch.inputs, bucket_batch.progress, now)
+        batch.clear()
+
+    for record in records:
+        batch.append(record)
+        if len(batch) >= batch_size:
+            feed()
+    feed()
+    book.flush()
+    return book
+
+
+def build_flow(
+    records: Source[InputRecord],
+    kafka_sink: Sink[OutboundMessage],
+    redis_sink: Sink[RedisWrite],
+    coupon_sink: Sink[Coupon],
+    config: ChurnConfig,
+    now_ms: Clock = wall_clock_ms,
+) -> Dataflow:
+    flow = Dataflow("churn")
+    raw = op.input("records", flow, records)
+    bucket_batches = op.flat_map_batch("triage", raw, lambda batch: triage_batch(batch, config, now_ms()))
+    changes = op.stateful_batch(
+        "book", bucket_batches, lambda resumed: _ChurnLogic(book_for(resumed, config, now_ms()), now_ms)
+    )
+    outputs = op.map("outputs", op.key_rm("unkey", changes), churn_outputs)
+    op.output("kafka", op.flat_map("messages", outputs, lambda out: out[0]), kafka_sink)
+    op.output("redis", op.flat_map("writes", outputs, lambda out: out[1]), redis_sink)
+    op.output("coupons", op.flat_map("offers", outputs, lambda out: out[2]), coupon_sink)
+    return flow
+
+
+def flow_from_settings(settings: Settings) -> Dataflow:
+    config = ChurnConfig.from_settings(settings)  # bad configuration fails here, before any input
+    tune_gc_for_a_ledger_process()
+    return build_flow(
+        KafkaInputSource(settings, CHURN_TOPICS),
+        KafkaOutputSink(settings),
+        RedisSink(settings),
+        CouponSink(settings),
+        config,
+    )
+
+
+def __getattr__(name: str) -> Dataflow:
+    # `python -m bytewax.run flows.churn:flow` builds the flow from the environment
+    # on first access, so importing this module for tests needs no configuration.
+    if name == "flow":
+        return flow_from_settings(Settings.from_env())
+    raise AttributeError(name)
