@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import pickle
 import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -35,7 +34,6 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from flows.stock import PickledLedger, tune_gc_for_a_ledger_process
 from operators.churn import CART_ADD, CLICK, PAID, REFUNDED, ChurnBook, ChurnChanges, ChurnInput, ChurnRules, WinbackOffer
 from operators.churn_model import ChurnModel, ModelRules
 from operators.clock import Clock, from_ms, wall_clock_ms
@@ -49,6 +47,7 @@ from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, Outbound
 from state.model_checkpoints import ModelStore
 from state.redis_store import RedisSink, RedisWrite, ReplaceHash
 from state.serde import dumps
+from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +220,8 @@ class _ChurnLogic(StatefulBatchLogic[ChurnBatch, ChurnChanges, ChurnBook]):
         wake = self._book.next_wake_wall_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
-    def snapshot(self) -> PickledLedger:
-        return PickledLedger(pickle.dumps(self._book, protocol=pickle.HIGHEST_PROTOCOL))
+    def snapshot(self) -> PickledState:
+        return PickledState.of(self._book)
 
 
 def new_model(config: ChurnConfig) -> ChurnModel:
@@ -240,12 +239,11 @@ def new_model(config: ChurnConfig) -> ChurnModel:
     return ChurnModel(feature_names, config.model_rules)
 
 
-def book_for(resumed: "ChurnBook | PickledLedger | None", config: ChurnConfig, now_ms: int) -> ChurnBook:
+def book_for(resumed: "ChurnBook | PickledState | None", config: ChurnConfig, now_ms: int) -> ChurnBook:
     """The resumed book under the current rules, or a new one with a warm-started model."""
+    resumed = restored(resumed)
     if resumed is None:
         return ChurnBook(config.rules, new_model(config))
-    if isinstance(resumed, PickledLedger):  # handed back without going through the store
-        resumed = pickle.loads(resumed.data)
     resumed.rules = config.rules
     resumed.model.rules = config.model_rules
     resumed.clock.lateness_ms = config.rules.lateness_ms
@@ -309,7 +307,7 @@ def build_flow(
 
 def flow_from_settings(settings: Settings) -> Dataflow:
     config = ChurnConfig.from_settings(settings)  # bad configuration fails here, before any input
-    tune_gc_for_a_ledger_process()
+    tune_gc_for_long_lived_state()
     return build_flow(
         KafkaInputSource(settings, CHURN_TOPICS),
         KafkaOutputSink(settings),

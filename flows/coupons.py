@@ -51,6 +51,7 @@ from state.coupons import DUPLICATE, ISSUED, TOPIC as COUPONS_TOPIC
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import RedisSink, RedisWrite, StreamAddOnce
 from state.serde import decode_event, dumps
+from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +141,6 @@ def triage_batch(records: list[InputRecord], config: CouponsConfig, now_ms: int)
     return [(str(index), CartBatch(events, progress)) for index, events in enumerate(per_bucket)]
 
 
-class PickledBook:
-    """A snapshot: the book already pickled, so later changes cannot reach it (see flows.stock.PickledLedger)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def __reduce__(self):
-        return pickle.loads, (self.data,)
-
-
 class _CartLogic(StatefulBatchLogic[CartBatch, CartOutput, CartBook]):
     """Bytewax adapter around the pure `CartBook`; wall time enters only here."""
 
@@ -172,15 +161,14 @@ class _CartLogic(StatefulBatchLogic[CartBatch, CartOutput, CartBook]):
         wake = self._book.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
-    def snapshot(self) -> PickledBook:
-        return PickledBook(pickle.dumps(self._book, protocol=pickle.HIGHEST_PROTOCOL))
+    def snapshot(self) -> PickledState:
+        return PickledState.of(self._book)
 
 
-def book_for(resumed: CartBook | PickledBook | None, config: CouponsConfig, now_ms: int) -> CartBook:
+def book_for(resumed: CartBook | PickledState | None, config: CouponsConfig, now_ms: int) -> CartBook:
+    resumed = restored(resumed)
     if resumed is None:
         return CartBook(config.rules)
-    if isinstance(resumed, PickledBook):  # handed back without going through the store
-        resumed = pickle.loads(resumed.data)
     resumed.configure(config.rules, now_ms)
     return resumed
 
@@ -281,9 +269,8 @@ def build_flow(
 
 
 def flow_from_settings(settings: Settings) -> Dataflow:
-    from flows.stock import tune_gc_for_a_ledger_process
 
-    tune_gc_for_a_ledger_process()  # the same trade-off: many long-lived carts, short-lived messages
+    tune_gc_for_long_lived_state()  # the same trade-off: many long-lived carts, short-lived messages
     return build_flow(
         KafkaInputSource(settings, COUPON_TOPICS),
         KafkaOutputSink(settings),

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,7 +43,6 @@ from operators.fraud_engine import FraudConfig, FraudEngine, FraudOutputs, Model
 from operators.fraud_features import DAY_MS
 from operators.fraud_rules import FraudRules
 from operators.pseudonym import Pseudonymizer
-from flows.stock import tune_gc_for_a_ledger_process
 from shopstream.settings import ConfigError, Settings
 from state.alert_candidates import candidate_message
 from state.inputs import decode_record
@@ -52,6 +50,7 @@ from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, Outbound
 from state.model_store import ModelCheckpointSink, ModelStore
 from state.redis_store import DecideOnce, RedisSink, RedisWrite, SetValue
 from state.serde import dumps
+from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
@@ -136,31 +135,17 @@ class _FraudLogic(StatefulBatchLogic[PaymentBatch, FraudOutputs, FraudEngine]):
         wake = self._engine.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
-    def snapshot(self) -> "PickledEngine":
-        return PickledEngine(pickle.dumps(self._engine, protocol=pickle.HIGHEST_PROTOCOL))
+    def snapshot(self) -> PickledState:
+        return PickledState.of(self._engine)
 
 
-class PickledEngine:
-    """A snapshot pickled when taken, so later batches cannot change it; it unpickles
-    as the engine itself (the same trick as the stock flow's ledger)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def __reduce__(self):
-        return pickle.loads, (self.data,)
-
-
-def engine_for(resumed: "FraudEngine | PickledEngine | None", config: FraudFlowConfig, warm_start: ModelBundle | None,
+def engine_for(resumed: "FraudEngine | PickledState | None", config: FraudFlowConfig, warm_start: ModelBundle | None,
                now_ms: int) -> FraudEngine:
     """The resumed engine under the current settings, else a new one from the latest checkpoint."""
     pseudonym = Pseudonymizer(config.pseudonym_key)
+    resumed = restored(resumed)
     if resumed is None:
         return FraudEngine(config.engine, pseudonym, warm_start)
-    if isinstance(resumed, PickledEngine):  # handed back without going through the store
-        resumed = pickle.loads(resumed.data)
     resumed.configure(config.engine, pseudonym)
     resumed.clock.resume(now_ms)
     return resumed
@@ -234,7 +219,7 @@ def flow_from_settings(settings: Settings) -> Dataflow:
     raise_cpu_priority(settings.fraud_nice)
     # Feature state and pending labels are many long-lived objects; every payment
     # allocates short-lived ones. The default collector rescans the former all the time.
-    tune_gc_for_a_ledger_process()
+    tune_gc_for_long_lived_state()
     store = ModelStore(settings.fraud_model_dir)
     warm_start = store.load_latest()
     if warm_start is not None:

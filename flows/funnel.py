@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +35,6 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from flows.stock import PickledLedger, tune_gc_for_a_ledger_process
 from operators.alerts import AlertCandidate
 from operators.clock import Clock, from_ms, wall_clock_ms
 from operators.events import ClickEvent, OrderEvent, PaymentEvent
@@ -49,6 +47,7 @@ from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
 from state.serde import dumps
+from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
@@ -169,14 +168,13 @@ class _BucketLogic(StatefulBatchLogic[BucketBatch, BucketReport, FunnelBucket]):
         wake = self._bucket.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
-    def snapshot(self) -> PickledLedger:
-        return PickledLedger(pickle.dumps(self._bucket, protocol=pickle.HIGHEST_PROTOCOL))
+    def snapshot(self) -> PickledState:
+        return PickledState.of(self._bucket)
 
 
 def bucket_for(resumed, config: FunnelConfig, now_ms: int) -> FunnelBucket:
     """The resumed bucket under the current rules; a new one if the window size changed."""
-    if isinstance(resumed, PickledLedger):
-        resumed = pickle.loads(resumed.data)
+    resumed = restored(resumed)
     if resumed is not None and resumed.rules.window_ms == config.rules.window_ms:
         resumed.rules = config.rules
         resumed.clock.lateness_ms = config.rules.lateness_ms
@@ -200,13 +198,12 @@ class _AggregatorLogic(StatefulBatchLogic[BucketReport, FunnelOutput, FunnelAggr
     def on_eof(self):
         return self._aggregator.flush(), self.RETAIN
 
-    def snapshot(self) -> PickledLedger:
-        return PickledLedger(pickle.dumps(self._aggregator, protocol=pickle.HIGHEST_PROTOCOL))
+    def snapshot(self) -> PickledState:
+        return PickledState.of(self._aggregator)
 
 
 def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
-    if isinstance(resumed, PickledLedger):
-        resumed = pickle.loads(resumed.data)
+    resumed = restored(resumed)
     if resumed is None or resumed.rules.window_ms != config.rules.window_ms:
         return FunnelAggregator(
             config.aggregator_rules(),
@@ -264,7 +261,7 @@ def build_flow(
 
 
 def flow_from_settings(settings: Settings) -> Dataflow:
-    tune_gc_for_a_ledger_process()
+    tune_gc_for_long_lived_state()
     return build_flow(
         KafkaInputSource(settings, FUNNEL_TOPICS),
         KafkaOutputSink(settings),

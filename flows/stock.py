@@ -17,9 +17,7 @@ Run it the Bytewax way: `python -m bytewax.run flows.stock:flow -r DIR -s 5 -b 0
 
 from __future__ import annotations
 
-import gc
 import logging
-import pickle
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +38,7 @@ from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import RedisSink, RedisWrite, ReplaceHash
 from state.serde import dumps
+from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
@@ -123,34 +122,15 @@ class _StockLogic(StatefulBatchLogic[StockBatch, StockChanges, StockLedger]):
         wake = self._ledger.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
-    def snapshot(self) -> "PickledLedger":
-        return PickledLedger(pickle.dumps(self._ledger, protocol=pickle.HIGHEST_PROTOCOL))
+    def snapshot(self) -> PickledState:
+        return PickledState.of(self._ledger)
 
 
-class PickledLedger:
-    """A snapshot: the ledger already pickled, so later changes cannot reach it.
-
-    Bytewax pickles whatever `snapshot` returns; this pickles as "unpickle these
-    bytes", so the recovery store holds the ledger itself and a resume hands
-    `ledger_for` a `StockLedger`, as before. Cheaper than returning a copy: the
-    ledger is pickled once, not copied (pickled and unpickled) and pickled again.
-    """
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes):
-        self.data = data
-
-    def __reduce__(self):
-        return pickle.loads, (self.data,)
-
-
-def ledger_for(resumed: "StockLedger | PickledLedger | None", config: StockConfig, now_ms: int) -> StockLedger:
+def ledger_for(resumed: "StockLedger | PickledState | None", config: StockConfig, now_ms: int) -> StockLedger:
     """The resumed ledger under the current rules (thresholds may change across restarts)."""
+    resumed = restored(resumed)
     if resumed is None:
         return StockLedger(config.rules)
-    if isinstance(resumed, PickledLedger):  # handed back without going through the store
-        resumed = pickle.loads(resumed.data)
     resumed.rules = config.rules
     resumed.clock.lateness_ms = config.rules.lateness_ms
     resumed.resume(now_ms)
@@ -189,19 +169,8 @@ def build_flow(
     return flow
 
 
-def tune_gc_for_a_ledger_process() -> None:
-    """The ledger keeps hundreds of thousands of long-lived objects while every message
-    allocates short-lived ones, so CPython's default collector (a young collection every
-    700 allocations, full ones as the ledger grows) spent about 15% of the flow's time
-    scanning the same ledger. Collect the young generation 20 times less often, and
-    leave the objects of start-up (modules, Bytewax, clients) out of every scan."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(14_000, 10, 10)
-
-
 def flow_from_settings(settings: Settings) -> Dataflow:
-    tune_gc_for_a_ledger_process()
+    tune_gc_for_long_lived_state()
     return build_flow(
         KafkaInputSource(settings, STOCK_TOPICS),
         KafkaOutputSink(settings),

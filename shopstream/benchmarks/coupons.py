@@ -163,9 +163,9 @@ def _rss_mb() -> float:
 def memory(shoppers: int, per_second: int, traced_shoppers: int, seed: int) -> None:
     """Bytes per open cart with tracemalloc on a shorter run (it slows Python ~8x), then
     the process's resident memory over the full run with `shoppers` distinct shoppers."""
-    from flows.stock import tune_gc_for_a_ledger_process
+    from state.snapshots import tune_gc_for_long_lived_state
 
-    tune_gc_for_a_ledger_process()  # as the flow process does
+    tune_gc_for_long_lived_state()  # as the flow process does
     traced: list[tuple[int, int, int]] = []
     gc.collect()
     tracemalloc.start()

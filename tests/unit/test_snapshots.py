@@ -1,0 +1,22 @@
+"""Snapshots of flow state: taken when asked for, restored as the state itself."""
+
+from __future__ import annotations
+
+import pickle
+
+from state.snapshots import PickledState, restored
+
+
+def test_a_snapshot_is_frozen_when_taken_and_restores_as_the_state():
+    state = {"carts": [1, 2]}
+    snapshot = PickledState.of(state)
+    state["carts"].append(3)  # later changes must not reach the snapshot
+    from_store = pickle.loads(pickle.dumps(snapshot))
+    assert from_store == {"carts": [1, 2]} and type(from_store) is dict
+    assert restored(snapshot) == {"carts": [1, 2]}  # handed back without the store
+
+
+def test_restoring_nothing_or_plain_state_passes_it_through():
+    assert restored(None) is None
+    state = {"a": 1}
+    assert restored(state) is state
