@@ -1,46 +1,16 @@
-"""The funnel's pure logic: the fast click decoder, session memory, the detectors,
+"""The funnel's pure logic: session memory, the detectors,
 the experiment test and the funnel settings."""
 
 import math
-import random
 
-import orjson
 import pytest
 
-from operators.events import ClickEvent
 from operators.funnel import CLICK, PAYMENT_FAILED, PAYMENT_SUCCEEDED, FunnelBucket, FunnelEvent, FunnelRules
 from operators.funnel_detectors import DropoffConfig, DropoffDetector, PaymentFailureDetector, two_proportion_test
 from shopstream.settings import ConfigError, Settings
-from simulators import generate
-from simulators.testing import input_records
-from simulators.timeline import HOUR
-from tests.unit.test_stock_speed import ODD_VALUES, outcome
 
 MINUTE = 60_000
 T0 = 1_763_683_200_000
-
-
-def test_the_fast_click_decoder_gives_the_checked_readers_record_or_error():
-    sim = generate(("normal",), seed=4, duration_ms=HOUR, shoppers=20_000)
-    clicks = [orjson.loads(r.value) for r in input_records(sim) if r.topic == "clickstream"]
-    rnd = random.Random(9)
-    cases = 0
-    odd = ODD_VALUES + [{"exp": "a"}, {"exp": 1}, {1: "a"}, "page_view"]
-    for obj in rnd.sample(clicks, 400):
-        variants = [obj]
-        for _ in range(25):
-            mutated = dict(obj)
-            name = rnd.choice([*obj, "sku", "price", "quantity", "query", "ip", "experiment", "category"])
-            value = rnd.choice(odd)
-            if value is None and rnd.random() < 0.5:
-                mutated.pop(name, None)
-            else:
-                mutated[name] = value
-            variants.append(mutated)
-        for variant in variants:
-            assert outcome(ClickEvent.from_dict, variant) == outcome(ClickEvent._from_dict_checked, variant), variant
-            cases += 1
-    assert cases > 5000
 
 
 # -- sessions -----------------------------------------------------------------------------------

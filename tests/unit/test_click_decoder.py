@@ -1,5 +1,5 @@
-"""What the coupons flow's speed-up must not change: the fast click decoder gives exactly
-the checked decoder's record or error (intake and every flow reading clickstream use it)."""
+"""The fast click decoder gives exactly the checked decoder's record or error: intake and
+every flow reading clickstream (funnel, coupons, churn) decode each click through it."""
 
 import random
 
