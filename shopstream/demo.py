@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 
 
@@ -49,7 +50,7 @@ def _simulator_command(duration_s: float) -> list[str]:
         "shopstream.cli",
         "simulate",
         "--scenario",
-        "normal",
+        "normal,card_testing",
         "--start",
         str(shop_evening_start(time.time())),
         "--speed",
@@ -100,6 +101,8 @@ def render_summary(client, settings: Settings, processes: list[FlowProcess], sta
     lines.append("  " + _stock_line(client, settings))
     lines.extend("  " + line for line in _alert_lines(client, settings))
     lines.append("  " + _coupon_line(client, settings))
+    lines.append("  " + _fraud_line(client, settings))
+    lines.append("  " + _churn_line(client, settings))
     health = ", ".join(
         f"{p.flow_name}#{p.process_id} {'running' if p.popen.poll() is None else f'exited {p.popen.returncode}'}"
         for p in processes
@@ -145,6 +148,34 @@ def _coupon_line(client, settings: Settings) -> str:
         coupon = loads(latest[0][1][b"coupon"])
         text += f"  (latest: {coupon['user_id']} {coupon['kind']} {coupon['value']:g}, tier {coupon.get('tier', '-')})"
     return text
+
+
+def _values_of(client, pattern: str, field: str | None = None) -> list[bytes]:
+    """Every value (or hash field) under a key pattern: fine at demo scale, not in production."""
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        if field is None:
+            pipe.get(key)
+        else:
+            pipe.hget(key, field)
+    return [value for value in pipe.execute() if value is not None]
+
+
+def _fraud_line(client, settings: Settings) -> str:
+    """Decisions given so far by verdict (the demo traffic mixes in card-testing bursts)."""
+    verdicts = Counter(loads(value)["decision"] for value in _values_of(client, settings.redis_key("fraud:decision:*")))
+    if not verdicts:
+        return "fraud: no payment decided yet"
+    return "fraud decisions: " + ", ".join(f"{name} {verdicts[name]}" for name in ("approve", "review", "block"))
+
+
+def _churn_line(client, settings: Settings) -> str:
+    """Customers scored so far, per value tier."""
+    tiers = Counter(value.decode() for value in _values_of(client, settings.redis_key("churn:*"), "tier"))
+    if not tiers:
+        return "churn: no customer scored yet"
+    return "customers by tier: " + ", ".join(f"{tier} {count}" for tier, count in tiers.most_common())
 
 
 def _alert_lines(client, settings: Settings) -> list[str]:
