@@ -47,13 +47,14 @@ from shopstream.settings import ConfigError, Settings
 from state.alert_candidates import candidate_message
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
-from state.model_store import ModelCheckpointSink, ModelStore
+from state.model_checkpoints import CheckpointSink, ModelStore
 from state.redis_store import DecideOnce, RedisSink, RedisWrite, SetValue
 from state.serde import dumps
 from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
+MODEL_NAME = "fraud"  # checkpoints live in SHOPSTREAM_FRAUD_MODEL_DIR/fraud/
 FRAUD_TOPICS = ("payments",)
 DECISION_TTL_S = 24 * 3600  # CONTRACT: fraud:decision TTL 24 h
 READY_TTL_S = 60  # CONTRACT: fraud:ready TTL 60 s
@@ -215,22 +216,31 @@ def raise_cpu_priority(nice: int) -> None:
         ) from None
 
 
+def latest_bundle(store: ModelStore) -> ModelBundle | None:
+    """The newest fraud checkpoint's model and thresholds, if any."""
+    checkpoint = store.load(MODEL_NAME)
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint.model, ModelBundle):
+        raise ValueError(f"{store.path(MODEL_NAME, checkpoint.version)} is not a fraud model checkpoint")
+    return checkpoint.model
+
+
 def flow_from_settings(settings: Settings) -> Dataflow:
     raise_cpu_priority(settings.fraud_nice)
     # Feature state and pending labels are many long-lived objects; every payment
     # allocates short-lived ones. The default collector rescans the former all the time.
     tune_gc_for_long_lived_state()
-    store = ModelStore(settings.fraud_model_dir)
-    warm_start = store.load_latest()
+    warm_start = latest_bundle(ModelStore(settings.fraud_model_dir))
     if warm_start is not None:
-        log.info("fraud model warm start from %s", store.path(store.versions()[-1]))
+        log.info("fraud model warm start from %s", warm_start.model.model_version)
     return build_flow(
         # Polls never wait: a quiet partition must not hold up a busy one (Bytewax
         # itself pauses a partition 1 ms after an empty poll).
         KafkaInputSource(settings, FRAUD_TOPICS, consumer_overrides=LOW_LATENCY_CONSUMER, poll_timeout_s=0),
         KafkaOutputSink(settings, producer_overrides=LOW_LATENCY_PRODUCER),
         RedisSink(settings),
-        ModelCheckpointSink(settings.fraud_model_dir),
+        CheckpointSink(settings.fraud_model_dir, MODEL_NAME),
         flow_config(settings),
         warm_start,
     )

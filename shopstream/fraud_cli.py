@@ -13,13 +13,14 @@ import time
 from dataclasses import replace
 from typing import Iterable, Iterator
 
+from flows.fraud import MODEL_NAME, fraud_config, latest_bundle
 from operators.events import PaymentEvent
 from operators.fraud_engine import FraudConfig, FraudEngine
 from operators.pseudonym import Pseudonymizer
 from shopstream.settings import ConfigError, Settings
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource
-from state.model_store import ModelStore
+from state.model_checkpoints import ModelStore
 
 REPLAY_BATCH = 500
 
@@ -50,7 +51,7 @@ def replay(engine: FraudEngine, payments: Iterable[PaymentEvent], batch: int = R
 
 def train(config: FraudConfig, payments: Iterable[PaymentEvent], store: ModelStore | None = None) -> FraudEngine:
     """A trained engine, warm from the store's latest checkpoint if there is one."""
-    bundle = store.load_latest() if store is not None else None
+    bundle = latest_bundle(store) if store is not None else None
     engine = FraudEngine(config, Pseudonymizer("training-run-never-logged"), bundle)
     replay(engine, payments)
     return engine
@@ -83,8 +84,6 @@ def _simulated_records(args: argparse.Namespace) -> Iterator[InputRecord]:
 
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.fraud import fraud_config
-
     if (args.from_topic is None) == (args.simulate is None):
         raise ConfigError("fraud train needs exactly one of --from-topic TOPIC or --simulate SCENARIOS")
     started = time.monotonic()
@@ -94,7 +93,8 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     store = ModelStore(settings.fraud_model_dir)
     engine = train(fraud_config(settings), payments, None if args.fresh else store)
     checkpoint = engine.checkpoint(payments[-1].ts if payments else 0)
-    path = store.save(checkpoint)
+    version = store.save_pickled(MODEL_NAME, checkpoint.data, {"model_version": checkpoint.version, "ts": checkpoint.ts})
+    path = store.path(MODEL_NAME, version)
     model = engine.bundle.model
     print(f"replayed {len(payments):,} payment events in {time.monotonic() - started:.1f}s; "
           f"learned {model.fraud_labels:,} fraud and {model.legit_labels:,} legitimate labels; "

@@ -96,7 +96,7 @@ class Settings:
     fraud_history_days: int = 90
     fraud_flag_ttl_days: int = 30
     fraud_checkpoint_interval_s: int = 300
-    fraud_model_dir: Path = Path(".shopstream/models/fraud")
+    fraud_model_dir: Path = Path(".shopstream/models")
     fraud_metrics_window_s: int = 60
     fraud_spike_factor: int = 5
     fraud_spike_min_blocks: int = 5

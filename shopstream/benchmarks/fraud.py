@@ -199,7 +199,8 @@ def checkpoint_load(directory: Path, days: int, seed: int) -> dict:
     from shopstream.fraud_cli import payments_of, train
     from simulators.profile import PROFILE
     from simulators.testing import input_records
-    from state.model_store import ModelStore
+    from flows.fraud import MODEL_NAME, latest_bundle
+    from state.model_checkpoints import ModelStore
 
     sim = generate(("card_testing",), seed=seed, duration_ms=days * DAY, shoppers=30_000,
                    profile=replace(PROFILE, fraud_value_share=0.05))
@@ -207,11 +208,12 @@ def checkpoint_load(directory: Path, days: int, seed: int) -> dict:
     config = replace(fraud_config(Settings()), label_horizon_ms=10 * DAY)
     engine = train(config, payments)
     store = ModelStore(directory)
-    path = store.save(engine.checkpoint(payments[-1].ts))
+    checkpoint = engine.checkpoint(payments[-1].ts)
+    path = store.path(MODEL_NAME, store.save_pickled(MODEL_NAME, checkpoint.data))
     loads_s = []
     for _ in range(5):
         started = time.perf_counter()
-        bundle = store.load_latest()
+        bundle = latest_bundle(store)
         loads_s.append(time.perf_counter() - started)
     assert bundle is not None and bundle.model.ready
     return {"bytes": path.stat().st_size, "load_ms": [round(s * 1000, 2) for s in loads_s],

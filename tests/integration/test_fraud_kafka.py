@@ -12,10 +12,12 @@ import orjson
 import pytest
 import redis
 
+from flows.fraud import MODEL_NAME
 from shopstream.fraud_client import TIMEOUT_REASON, UNAVAILABLE_REASON, FraudClient
 from shopstream.runner import start_flow, stop_all
 from simulators import generate
 from simulators.timeline import HOUR
+from state.model_checkpoints import ModelStore
 from state.redis_store import DecideOnce, RedisSink
 from tests.integration.kafka_helpers import produce, read_topic, wait_until
 from tests.integration.ports import free_port
@@ -101,7 +103,7 @@ def test_kill_9_and_restart_never_changes_or_repeats_a_decision(fraud_settings, 
     assert any(d["decision"] == "block" for d in topic)
     flagged = list(redis_client.scan_iter(settings.redis_key("fraud:flagged:*")))
     assert flagged and orjson.loads(redis_client.get(flagged[0]))["reason"] in ("blocked", "chargeback")
-    assert list((settings.fraud_model_dir).glob("fraud-model-v*.pkl"))  # checkpoints written
+    assert ModelStore(settings.fraud_model_dir).versions(MODEL_NAME)  # checkpoints written
 
 
 def _payment(payment_id: str, amount: float) -> dict:

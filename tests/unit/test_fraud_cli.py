@@ -4,11 +4,11 @@ import pickle
 
 import pytest
 
-from flows.fraud import FraudFlowConfig, engine_for, flow_config
+from flows.fraud import MODEL_NAME, FraudFlowConfig, engine_for, flow_config, latest_bundle
 from operators.fraud_engine import FraudConfig
 from shopstream.cli import main
 from shopstream.settings import ConfigError, Settings
-from state.model_store import ModelStore
+from state.model_checkpoints import ModelStore
 
 
 def test_train_from_a_simulator_run_saves_a_versioned_checkpoint_and_the_flow_starts_from_it(
@@ -22,13 +22,28 @@ def test_train_from_a_simulator_run_saves_a_versioned_checkpoint_and_the_flow_st
     out = capsys.readouterr().out
     assert "replayed" in out and "legitimate labels" in out
     store = ModelStore(tmp_path)
-    first, second = store.versions()
+    first, second = store.versions(MODEL_NAME)
     assert second > first
-    bundle = store.load_latest()
+    bundle = latest_bundle(store)
     assert bundle.model.legit_labels > 0
+    # The checkpoint file records the model version it holds (decisions carry that version).
+    assert store.load(MODEL_NAME).meta["model_version"] == bundle.model.version
     config = FraudFlowConfig(FraudConfig(), "key-for-the-test-123", 3_600_000, 86400)
     engine = engine_for(None, config, bundle, now_ms=0)
-    assert engine.bundle is bundle and engine.bundle.model.model_version.startswith(f"lr-v{second}+")
+    assert engine.bundle is bundle and engine.bundle.model.model_version.startswith(f"lr-v{bundle.model.version}+")
+
+
+def test_a_fresh_retrain_is_the_model_the_flow_starts_from(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SHOPSTREAM_FRAUD_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("SHOPSTREAM_FRAUD_LABEL_HORIZON_DAYS", "1")
+    args = ["fraud", "train", "--simulate", "card_testing", "--duration", "2d", "--shoppers", "2000"]
+    assert main(args) == 0
+    once = latest_bundle(ModelStore(tmp_path)).model.legit_labels
+    assert main(args) == 0  # continues: the model has learned the history twice
+    assert latest_bundle(ModelStore(tmp_path)).model.legit_labels == 2 * once
+    # A fresh model has a lower model version than the one before it; it is still the latest.
+    assert main([*args, "--fresh"]) == 0
+    assert latest_bundle(ModelStore(tmp_path)).model.legit_labels == once
 
 
 def test_train_needs_one_source(capsys):
