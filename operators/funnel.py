@@ -167,6 +167,7 @@ class _Window:
 
 
 END_OF_INPUT = 2**62  # `closed_through` of a bucket whose input has ended
+NOTHING_DUE = 2**63  # `FunnelBucket.unjoined_due_ms` when nothing waits
 
 # (dimension, value): ("all", "all"), ("channel", "app"), ("region", "zhejiang"), ("device", "ios")
 SeriesKey = tuple[str, str]
@@ -216,6 +217,11 @@ class FunnelBucket:
     # Orders and payments read before any click of their user (another topic's partition
     # ran ahead): they wait for the user's session until their window closes.
     unjoined: dict[str, list[FunnelEvent]] = field(default_factory=dict)
+    # No waiting event's window ends before this (a lower bound): until the watermark
+    # reaches it, closing windows need not scan `unjoined`, which a backlog whose orders
+    # run ahead of the clicks fills with thousands of users. 0 (and in snapshots taken
+    # before it existed): unknown, scan.
+    unjoined_due_ms: int = 0
     windows: dict[int, _Window] = field(default_factory=dict)
     next_window: int | None = None  # start of the oldest window not yet closed
     closed_any: bool = False
@@ -337,6 +343,7 @@ class FunnelBucket:
         session_id, session = self._session_of(event)
         if session is None and start >= self.next_window:
             self.unjoined.setdefault(event.user_id, []).append(event)
+            self.unjoined_due_ms = min(self.unjoined_due_ms, start + self.rules.window_ms)
             return
         self._apply(event, start, session_id, session)
 
@@ -344,6 +351,7 @@ class FunnelBucket:
         """Orders and payments whose window closes now (or all, at the end) without a
         session of their user: counted in the KPIs, under their own channel or `unknown`."""
         window_ms = self.rules.window_ms
+        next_due = NOTHING_DUE
         for user in list(self.unjoined):
             waiting = self.unjoined[user]
             due = [e for e in waiting if watermark is None or e.ts - e.ts % window_ms + window_ms <= watermark]
@@ -352,7 +360,9 @@ class FunnelBucket:
             if len(due) == len(waiting):
                 del self.unjoined[user]
             else:
-                self.unjoined[user] = [e for e in waiting if e not in due]
+                kept = self.unjoined[user] = [e for e in waiting if e not in due]
+                next_due = min(next_due, min(e.ts - e.ts % window_ms for e in kept) + window_ms)
+        self.unjoined_due_ms = next_due
 
     def _apply(self, event: FunnelEvent, start: int, session_id: str | None, session: _Session | None) -> None:
         window = self._window(start)
@@ -399,7 +409,7 @@ class FunnelBucket:
         if watermark is None or self.next_window is None:
             return []
         before = self.next_window
-        if self.unjoined:
+        if self.unjoined and watermark >= self.unjoined_due_ms:
             self._settle_unjoined(watermark)
         partials = []
         window_ms = self.rules.window_ms
