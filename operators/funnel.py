@@ -24,8 +24,8 @@ session after `order_retention_ms`. Open windows hold only the sessions active i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from sys import intern
 from functools import partial
+from sys import intern
 from typing import Any, Hashable, Mapping, NamedTuple
 
 from operators.clock import StreamClock
