@@ -15,7 +15,6 @@ from simulators import generate
 from simulators.testing import input_records
 from simulators.timeline import HOUR
 from state.inputs import decode_record
-from state.kafka import InputRecord
 from tests.unit.test_stock_speed import ODD_VALUES
 
 MINUTE = 60_000
