@@ -24,11 +24,12 @@ session after `order_retention_ms`. Open windows hold only the sessions active i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from sys import intern
-from typing import Hashable, NamedTuple
+from typing import Any, Hashable, Mapping, NamedTuple
 
 from operators.clock import StreamClock
-from operators.events import ClickEvent, OrderEvent, PaymentEvent
+from operators.events import ClickEvent, OrderEvent, PaymentEvent, click_values_fast
 
 STAGES = ("visit", "product_view", "add_to_cart", "checkout", "order", "payment")
 VISIT, PRODUCT_VIEW, ADD_TO_CART, CHECKOUT, ORDER, PAYMENT = range(len(STAGES))
@@ -70,19 +71,16 @@ class FunnelEvent(NamedTuple):
     experiment: tuple[tuple[str, str], ...] | None = None
 
 
+_new_funnel_event = partial(tuple.__new__, FunnelEvent)  # FunnelEvent._make without its Python frame
+
+
 def funnel_event(event: ClickEvent | OrderEvent | PaymentEvent) -> FunnelEvent | None:
     """The funnel's view of a validated input event; None for what the funnel ignores
     (payment requests and chargebacks, cancellations, refunds, inventory)."""
     kind = type(event)
     if kind is ClickEvent:
-        experiment = event.experiment
-        # Interned, the few distinct dimension values are pickled once per batch when
-        # the batch crosses to another process, and shared when it is read back.
-        return FunnelEvent(
-            event.ts, CLICK, event.user_id, event.session_id, None, STAGE_OF_CLICK[event.type], 0.0,
-            intern(event.channel), intern(event.region), intern(event.device), event.type in PAGE_VIEW_TYPES,
-            None if not experiment else tuple(sorted(experiment.items())),
-        )
+        return _click_funnel_event(event.ts, event.user_id, event.session_id, event.type, event.channel,
+                                   event.region, event.device, event.experiment)
     if kind is OrderEvent:
         if event.status == "created":
             return FunnelEvent(event.ts, ORDER_CREATED, event.user_id, event.session_id, event.order_id,
@@ -97,6 +95,27 @@ def funnel_event(event: ClickEvent | OrderEvent | PaymentEvent) -> FunnelEvent |
         if event.status == "failed":
             return FunnelEvent(event.ts, PAYMENT_FAILED, event.user_id, None, event.order_id, VISIT)
     return None
+
+
+def click_funnel_event_fast(obj: Any) -> FunnelEvent | None:
+    """A decoded clickstream JSON object straight to its funnel event, without building the
+    `ClickEvent` (clicks are most of the traffic); None when the checked reader must judge
+    it, exactly when `ClickEvent.from_dict` would not take its fast path."""
+    values = click_values_fast(obj)
+    if values is None:
+        return None
+    return _click_funnel_event(values[1], values[2], values[3], values[4], values[5], values[6], values[7],
+                               values[14])
+
+
+def _click_funnel_event(ts: int, user_id: str, session_id: str, click_type: str, channel: str, region: str,
+                        device: str, experiment: Mapping[str, str] | None) -> FunnelEvent:
+    # Interned, the few distinct dimension values are pickled once per batch when
+    # the batch crosses to another process, and shared when it is read back.
+    return _new_funnel_event((
+        ts, CLICK, user_id, session_id, None, STAGE_OF_CLICK[click_type], 0.0, intern(channel), intern(region),
+        intern(device), click_type in PAGE_VIEW_TYPES, None if not experiment else tuple(sorted(experiment.items())),
+    ))
 
 
 @dataclass(frozen=True)
@@ -148,6 +167,7 @@ class _Window:
 
 
 END_OF_INPUT = 2**62  # `closed_through` of a bucket whose input has ended
+NOTHING_DUE = 2**63  # `FunnelBucket.unjoined_due_ms` when nothing waits
 
 # (dimension, value): ("all", "all"), ("channel", "app"), ("region", "zhejiang"), ("device", "ios")
 SeriesKey = tuple[str, str]
@@ -197,6 +217,11 @@ class FunnelBucket:
     # Orders and payments read before any click of their user (another topic's partition
     # ran ahead): they wait for the user's session until their window closes.
     unjoined: dict[str, list[FunnelEvent]] = field(default_factory=dict)
+    # No waiting event's window ends before this (a lower bound): until the watermark
+    # reaches it, closing windows need not scan `unjoined`, which a backlog whose orders
+    # run ahead of the clicks fills with thousands of users. 0 (and in snapshots taken
+    # before it existed): unknown, scan.
+    unjoined_due_ms: int = 0
     windows: dict[int, _Window] = field(default_factory=dict)
     next_window: int | None = None  # start of the oldest window not yet closed
     closed_any: bool = False
@@ -318,6 +343,7 @@ class FunnelBucket:
         session_id, session = self._session_of(event)
         if session is None and start >= self.next_window:
             self.unjoined.setdefault(event.user_id, []).append(event)
+            self.unjoined_due_ms = min(self.unjoined_due_ms, start + self.rules.window_ms)
             return
         self._apply(event, start, session_id, session)
 
@@ -325,6 +351,7 @@ class FunnelBucket:
         """Orders and payments whose window closes now (or all, at the end) without a
         session of their user: counted in the KPIs, under their own channel or `unknown`."""
         window_ms = self.rules.window_ms
+        next_due = NOTHING_DUE
         for user in list(self.unjoined):
             waiting = self.unjoined[user]
             due = [e for e in waiting if watermark is None or e.ts - e.ts % window_ms + window_ms <= watermark]
@@ -333,7 +360,9 @@ class FunnelBucket:
             if len(due) == len(waiting):
                 del self.unjoined[user]
             else:
-                self.unjoined[user] = [e for e in waiting if e not in due]
+                kept = self.unjoined[user] = [e for e in waiting if e not in due]
+                next_due = min(next_due, min(e.ts - e.ts % window_ms for e in kept) + window_ms)
+        self.unjoined_due_ms = next_due
 
     def _apply(self, event: FunnelEvent, start: int, session_id: str | None, session: _Session | None) -> None:
         window = self._window(start)
@@ -380,7 +409,7 @@ class FunnelBucket:
         if watermark is None or self.next_window is None:
             return []
         before = self.next_window
-        if self.unjoined:
+        if self.unjoined and watermark >= self.unjoined_due_ms:
             self._settle_unjoined(watermark)
         partials = []
         window_ms = self.rules.window_ms

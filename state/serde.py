@@ -11,6 +11,7 @@ from operators.events import InputEvent, InvalidEvent, parse_event
 
 dumps = orjson.dumps  # value -> JSON bytes
 loads = orjson.loads  # JSON bytes or str -> value
+JSONDecodeError = orjson.JSONDecodeError
 
 
 def decode_event(topic: str, raw: bytes | None) -> InputEvent:
