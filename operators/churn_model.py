@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from bisect import bisect
 from dataclasses import dataclass
+from functools import cached_property
 
 from river import compose, linear_model, optim, preprocessing
 
@@ -81,8 +82,44 @@ class ChurnModel:
         return named
 
     def score(self, x) -> float:
-        """Probability of churn for one feature vector."""
-        return self.pipeline.predict_proba_one(self._as_dict(x)).get(True, 0.0)
+        """Probability of churn for one feature vector: exactly what
+        `pipeline.predict_proba_one(self._as_dict(x))[True]` returns, bit for bit, read
+        straight from the pipeline's learned state (scaler means and variances, weights,
+        intercept) without building the three dicts river's transformers pass along.
+        The churn book scores several times per order (quiet customers are re-scored on
+        a timer), so this is its hottest path; learning stays in river.
+
+        The same floating-point operations in the same order as river's: the cells
+        (`Discard`'s output) come first in the transformed dict, then the scaled features
+        in the iteration order of `Select`'s key set; the dot product adds
+        weight x value in that order from 0.0, then the intercept, then the sigmoid of
+        `utils.math.sigmoid`. `test_churn_model` checks the equality over a learning history.
+        """
+        union = self.pipeline.steps["TransformerUnion"]
+        scaled = union.transformers["Pipeline"].steps
+        scaler = scaled["StandardScaler"]
+        regression = self.pipeline.steps["LogisticRegression"]
+        weight = regression._weights.get
+        means, variances = scaler.means, scaler.vars
+        recency, gap_ratio, orders = (x[index] for index in self._cells)
+        recency_cell = bisect(_RECENCY_EDGES, recency)
+        dot = 0.0
+        dot += weight(f"recency{recency_cell}_pace{bisect(_GAP_RATIO_EDGES, gap_ratio)}", 0.0) * 1.0
+        dot += weight(f"recency{recency_cell}_orders{bisect(_ORDERS_EDGES, orders)}", 0.0) * 1.0
+        position = self._positions
+        for name in scaled["Select"].keys:
+            variance = variances.get(name, 0.0)
+            dot += weight(name, 0.0) * ((x[position[name]] - means.get(name, 0.0)) / variance**0.5 if variance else 0.0)
+        logit = dot + regression.intercept
+        if logit < -30:
+            return 0
+        if logit > 30:
+            return 1
+        return 1 / (1 + math.exp(-logit))
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {name: index for index, name in enumerate(self.feature_names)}
 
     def learn(self, x, churned: bool) -> None:
         self.pipeline.learn_one(self._as_dict(x), churned)
