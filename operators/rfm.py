@@ -205,6 +205,20 @@ def _newest_first(ring: array, head: int, size: int, offset: int = 0) -> array:
     return ring[at:offset - 1 if offset else None:-1] + ring[offset + size - 1:at:-1]
 
 
+def _window_sums(newest: array, counts: list[int]) -> tuple:
+    """Sums of the newest `count` slots for each of the ascending `counts`, each window
+    continuing the previous one's running total: the same additions, in the same order, as
+    summing every window from its newest slot (float sums are order-sensitive)."""
+    totals = []
+    total = taken = 0
+    for count in counts:
+        if count > taken:
+            total = sum(newest[taken:count], total)
+            taken = count
+        totals.append(total)
+    return tuple(totals)
+
+
 @dataclass(frozen=True, slots=True)
 class RfmView:
     """RFM values of one customer at one moment (what `churn:{user_id}` shows)."""
@@ -224,23 +238,22 @@ def rfm_view(state: CustomerState, now: int, rules: RfmRules) -> RfmView:
     now_slot = now // rules.slot_ms
     head = state.head_slot
     behind = now_slot - head  # slots gone by since the ring last moved: they are empty
-    if state.orders is None:
-        orders, spend = (0,) * len(rules.horizons_ms), (0.0,) * len(rules.horizons_ms)
+    counts = [slots - behind if slots > behind else 0 for slots in rules.slots_per_horizon]
+    if state.orders is None or not counts[-1]:  # no rings, or quiet for longer than every horizon
+        orders, spend = (0,) * len(counts), (0.0,) * len(counts)
     else:
         size = rules.order_slots
-        recent_orders = _newest_first(state.orders, head, size)
-        recent_spend = _newest_first(state.spend, head, size)
-        counts = [slots - behind if slots > behind else 0 for slots in rules.slots_per_horizon]
-        orders = tuple([sum(recent_orders[:count]) for count in counts])
+        orders = _window_sums(_newest_first(state.orders, head, size), counts)
         # float32 slots: round to cents, and a refund of an order older than the window cannot go below 0
-        spend = tuple([round(total, 2) if total > 0 else 0.0 for total in [sum(recent_spend[:count])
-                                                                            for count in counts]])
+        spend = tuple([round(total, 2) if total > 0 else 0.0
+                       for total in _window_sums(_newest_first(state.spend, head, size), counts)])
     visits = carts = 0
     if state.activity is not None:
         size = rules.activity_slots
-        count = max(0, size - behind)
-        visits = sum(_newest_first(state.activity, head, size)[:count])
-        carts = sum(_newest_first(state.activity, head, size, offset=size)[:count])
+        count = size - behind
+        if count > 0:
+            visits = sum(_newest_first(state.activity, head, size)[:count])
+            carts = sum(_newest_first(state.activity, head, size, offset=size)[:count])
     return RfmView(
         recency_days=None if state.last_order_ts is None else max(0, now - state.last_order_ts) / DAY_MS,
         frequency=orders[-1],
