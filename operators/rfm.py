@@ -25,6 +25,7 @@ import struct
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 
 from operators.coupons import TIERS
 
@@ -316,22 +317,20 @@ _RISK_CODES = ("low", "medium", "high")
 _CODE_NONE = 255
 _TIME_FIELDS = ("first_ts", "last_ts", "first_order_ts", "last_order_ts", "last_visit_ts", "head_slot",
                 "scored_ts", "episode_ts", "wake_ts", "queued_ts")
-
-
-def _code(value: str | None, names: tuple[str, ...]) -> int:
-    return _CODE_NONE if value is None else names.index(value)
+_RISK_INDEX = {name: index for index, name in enumerate(_RISK_CODES)} | {None: _CODE_NONE}
+_TIER_INDEX = {name: index for index, name in enumerate(TIERS)} | {None: _CODE_NONE}
+_get_times = attrgetter(*_TIME_FIELDS)
 
 
 def pack_state(state: CustomerState) -> bytes:
-    get = state.__getattribute__
-    times = [_NONE if get(name) is None else get(name) for name in _TIME_FIELDS]
+    times = [_NONE if value is None else value for value in _get_times(state)]
     order_slots = 0 if state.orders is None else len(state.orders)
     activity_len = 0 if state.activity is None else len(state.activity)
     pending = 0 if state.pending_ts is None else len(state.pending_ts)
     width = 0 if not pending else len(state.pending_x) // pending
     parts = [_HEADER.pack(*times, state.orders_total, state.last_session, state.recent_orders, state.spend_total,
-                          -1.0 if state.score is None else state.score, _code(state.risk, _RISK_CODES),
-                          _code(state.tier, TIERS), order_slots, activity_len, pending, width)]
+                          -1.0 if state.score is None else state.score, _RISK_INDEX[state.risk],
+                          _TIER_INDEX[state.tier], order_slots, activity_len, pending, width)]
     if order_slots:
         parts += [state.orders.tobytes(), state.spend.tobytes()]
     if activity_len:
@@ -344,8 +343,9 @@ def pack_state(state: CustomerState) -> bytes:
 def unpack_state(blob: bytes) -> CustomerState:
     fields = _HEADER.unpack_from(blob)
     state = CustomerState.__new__(CustomerState)
-    for name, value in zip(_TIME_FIELDS, fields):
-        setattr(state, name, None if value == _NONE else value)
+    (state.first_ts, state.last_ts, state.first_order_ts, state.last_order_ts, state.last_visit_ts, state.head_slot,
+     state.scored_ts, state.episode_ts, state.wake_ts, state.queued_ts) = [
+        None if value == _NONE else value for value in fields[:10]]  # the order of _TIME_FIELDS
     (state.orders_total, state.last_session, state.recent_orders, state.spend_total, score, risk, tier,
      order_slots, activity_len, pending, width) = fields[10:]
     state.score = None if score < 0 else score
