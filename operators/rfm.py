@@ -26,6 +26,7 @@ from array import array
 from dataclasses import dataclass
 from functools import cached_property
 from operator import attrgetter
+from typing import NamedTuple
 
 from operators.coupons import TIERS
 
@@ -220,9 +221,9 @@ def _window_sums(newest: array, counts: list[int]) -> tuple:
     return tuple(totals)
 
 
-@dataclass(frozen=True, slots=True)
-class RfmView:
-    """RFM values of one customer at one moment (what `churn:{user_id}` shows)."""
+class RfmView(NamedTuple):
+    """RFM values of one customer at one moment (what `churn:{user_id}` shows).
+    A NamedTuple: built at every score, and a frozen dataclass costs a setattr per field."""
 
     recency_days: float | None  # since the last paid order; None without one
     frequency: int  # paid orders within the tier horizon
