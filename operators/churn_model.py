@@ -96,7 +96,8 @@ class ChurnModel:
         `utils.math.sigmoid`. `test_churn_model` checks the equality over a learning history.
         """
         weight, intercept, scaled = self._terms or self._take_terms()
-        recency, gap_ratio, orders = (x[index] for index in self._cells)
+        recency_at, gap_ratio_at, orders_at = self._cells
+        recency, gap_ratio, orders = x[recency_at], x[gap_ratio_at], x[orders_at]
         recency_cell = bisect(_RECENCY_EDGES, recency)
         dot = 0.0
         dot += weight(f"recency{recency_cell}_pace{bisect(_GAP_RATIO_EDGES, gap_ratio)}", 0.0) * 1.0
