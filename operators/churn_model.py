@@ -71,6 +71,7 @@ class ChurnModel:
         )
         self.labels_learned = 0
         self.churned_learned = 0
+        self._terms: tuple | None = None  # what `score` reads from the pipeline, until the next learn
 
     def _as_dict(self, x) -> dict[str, float]:
         named = dict(zip(self.feature_names, x))
@@ -81,11 +82,61 @@ class ChurnModel:
         return named
 
     def score(self, x) -> float:
-        """Probability of churn for one feature vector."""
-        return self.pipeline.predict_proba_one(self._as_dict(x)).get(True, 0.0)
+        """Probability of churn for one feature vector: exactly what
+        `pipeline.predict_proba_one(self._as_dict(x))[True]` returns, bit for bit, read
+        from the pipeline's learned state (scaler means and variances, weights, intercept,
+        taken once per learned label) without the dicts river's transformers pass along.
+        The churn book scores several times per order (quiet customers are re-scored on
+        a timer), so this is its hottest path; learning stays in river.
+
+        The same floating-point operations in the same order as river's: the cells
+        (`Discard`'s output) come first in the transformed dict, then the scaled features
+        in the iteration order of `Select`'s key set; the dot product adds
+        weight x value in that order from 0.0, then the intercept, then the sigmoid of
+        `utils.math.sigmoid`. `test_churn_model` checks the equality over a learning history.
+        """
+        weight, intercept, scaled = self._terms or self._take_terms()
+        recency_at, gap_ratio_at, orders_at = self._cells
+        recency, gap_ratio, orders = x[recency_at], x[gap_ratio_at], x[orders_at]
+        recency_cell = bisect(_RECENCY_EDGES, recency)
+        dot = 0.0
+        dot += weight(f"recency{recency_cell}_pace{bisect(_GAP_RATIO_EDGES, gap_ratio)}", 0.0) * 1.0
+        dot += weight(f"recency{recency_cell}_orders{bisect(_ORDERS_EDGES, orders)}", 0.0) * 1.0
+        for index, coefficient, mean, std in scaled:
+            dot += coefficient * ((x[index] - mean) / std if std else 0.0)
+        logit = dot + intercept
+        if logit < -30:
+            return 0
+        if logit > 30:
+            return 1
+        return 1 / (1 + math.exp(-logit))
+
+    def _take_terms(self) -> tuple:
+        """(weight lookup, intercept, (feature index, weight, mean, standard deviation) in
+        river's order): valid until the next label is learned."""
+        scaled_steps = self.pipeline.steps["TransformerUnion"].transformers["Pipeline"].steps
+        scaler = scaled_steps["StandardScaler"]
+        regression = self.pipeline.steps["LogisticRegression"]
+        weight = regression._weights.get
+        position = {name: index for index, name in enumerate(self.feature_names)}
+        scaled = tuple(
+            (position[name], weight(name, 0.0), scaler.means.get(name, 0.0), scaler.vars.get(name, 0.0) ** 0.5)
+            for name in scaled_steps["Select"].keys
+        )
+        self._terms = (weight, regression.intercept, scaled)
+        return self._terms
+
+    def __getstate__(self) -> dict:
+        # The terms follow the iteration order of a set, which a copy may not keep: rebuilt after loading.
+        return {**self.__dict__, "_terms": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._terms = None  # also for checkpoints saved before the terms existed
 
     def learn(self, x, churned: bool) -> None:
         self.pipeline.learn_one(self._as_dict(x), churned)
+        self._terms = None
         self.labels_learned += 1
         self.churned_learned += churned
 

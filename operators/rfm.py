@@ -25,6 +25,8 @@ import struct
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
+from typing import NamedTuple
 
 from operators.coupons import TIERS
 
@@ -205,9 +207,23 @@ def _newest_first(ring: array, head: int, size: int, offset: int = 0) -> array:
     return ring[at:offset - 1 if offset else None:-1] + ring[offset + size - 1:at:-1]
 
 
-@dataclass(frozen=True, slots=True)
-class RfmView:
-    """RFM values of one customer at one moment (what `churn:{user_id}` shows)."""
+def _window_sums(newest: array, counts: list[int]) -> tuple:
+    """Sums of the newest `count` slots for each of the ascending `counts`, each window
+    continuing the previous one's running total: the same additions, in the same order, as
+    summing every window from its newest slot (float sums are order-sensitive)."""
+    totals = []
+    total = taken = 0
+    for count in counts:
+        if count > taken:
+            total = sum(newest[taken:count], total)
+            taken = count
+        totals.append(total)
+    return tuple(totals)
+
+
+class RfmView(NamedTuple):
+    """RFM values of one customer at one moment (what `churn:{user_id}` shows).
+    A NamedTuple: built at every score, and a frozen dataclass costs a setattr per field."""
 
     recency_days: float | None  # since the last paid order; None without one
     frequency: int  # paid orders within the tier horizon
@@ -224,23 +240,22 @@ def rfm_view(state: CustomerState, now: int, rules: RfmRules) -> RfmView:
     now_slot = now // rules.slot_ms
     head = state.head_slot
     behind = now_slot - head  # slots gone by since the ring last moved: they are empty
-    if state.orders is None:
-        orders, spend = (0,) * len(rules.horizons_ms), (0.0,) * len(rules.horizons_ms)
+    counts = [slots - behind if slots > behind else 0 for slots in rules.slots_per_horizon]
+    if state.orders is None or not counts[-1]:  # no rings, or quiet for longer than every horizon
+        orders, spend = (0,) * len(counts), (0.0,) * len(counts)
     else:
         size = rules.order_slots
-        recent_orders = _newest_first(state.orders, head, size)
-        recent_spend = _newest_first(state.spend, head, size)
-        counts = [slots - behind if slots > behind else 0 for slots in rules.slots_per_horizon]
-        orders = tuple([sum(recent_orders[:count]) for count in counts])
+        orders = _window_sums(_newest_first(state.orders, head, size), counts)
         # float32 slots: round to cents, and a refund of an order older than the window cannot go below 0
-        spend = tuple([round(total, 2) if total > 0 else 0.0 for total in [sum(recent_spend[:count])
-                                                                            for count in counts]])
+        spend = tuple([round(total, 2) if total > 0 else 0.0
+                       for total in _window_sums(_newest_first(state.spend, head, size), counts)])
     visits = carts = 0
     if state.activity is not None:
         size = rules.activity_slots
-        count = max(0, size - behind)
-        visits = sum(_newest_first(state.activity, head, size)[:count])
-        carts = sum(_newest_first(state.activity, head, size, offset=size)[:count])
+        count = size - behind
+        if count > 0:
+            visits = sum(_newest_first(state.activity, head, size)[:count])
+            carts = sum(_newest_first(state.activity, head, size, offset=size)[:count])
     return RfmView(
         recency_days=None if state.last_order_ts is None else max(0, now - state.last_order_ts) / DAY_MS,
         frequency=orders[-1],
@@ -303,22 +318,20 @@ _RISK_CODES = ("low", "medium", "high")
 _CODE_NONE = 255
 _TIME_FIELDS = ("first_ts", "last_ts", "first_order_ts", "last_order_ts", "last_visit_ts", "head_slot",
                 "scored_ts", "episode_ts", "wake_ts", "queued_ts")
-
-
-def _code(value: str | None, names: tuple[str, ...]) -> int:
-    return _CODE_NONE if value is None else names.index(value)
+_RISK_INDEX = {name: index for index, name in enumerate(_RISK_CODES)} | {None: _CODE_NONE}
+_TIER_INDEX = {name: index for index, name in enumerate(TIERS)} | {None: _CODE_NONE}
+_get_times = attrgetter(*_TIME_FIELDS)
 
 
 def pack_state(state: CustomerState) -> bytes:
-    get = state.__getattribute__
-    times = [_NONE if get(name) is None else get(name) for name in _TIME_FIELDS]
+    times = [_NONE if value is None else value for value in _get_times(state)]
     order_slots = 0 if state.orders is None else len(state.orders)
     activity_len = 0 if state.activity is None else len(state.activity)
     pending = 0 if state.pending_ts is None else len(state.pending_ts)
     width = 0 if not pending else len(state.pending_x) // pending
     parts = [_HEADER.pack(*times, state.orders_total, state.last_session, state.recent_orders, state.spend_total,
-                          -1.0 if state.score is None else state.score, _code(state.risk, _RISK_CODES),
-                          _code(state.tier, TIERS), order_slots, activity_len, pending, width)]
+                          -1.0 if state.score is None else state.score, _RISK_INDEX[state.risk],
+                          _TIER_INDEX[state.tier], order_slots, activity_len, pending, width)]
     if order_slots:
         parts += [state.orders.tobytes(), state.spend.tobytes()]
     if activity_len:
@@ -331,8 +344,9 @@ def pack_state(state: CustomerState) -> bytes:
 def unpack_state(blob: bytes) -> CustomerState:
     fields = _HEADER.unpack_from(blob)
     state = CustomerState.__new__(CustomerState)
-    for name, value in zip(_TIME_FIELDS, fields):
-        setattr(state, name, None if value == _NONE else value)
+    (state.first_ts, state.last_ts, state.first_order_ts, state.last_order_ts, state.last_visit_ts, state.head_slot,
+     state.scored_ts, state.episode_ts, state.wake_ts, state.queued_ts) = [
+        None if value == _NONE else value for value in fields[:10]]  # the order of _TIME_FIELDS
     (state.orders_total, state.last_session, state.recent_orders, state.spend_total, score, risk, tier,
      order_slots, activity_len, pending, width) = fields[10:]
     state.score = None if score < 0 else score

@@ -10,8 +10,9 @@
   the last paid order), on the same customers; and calibration per risk band.
 - speed: the replay of an order history (orders only, then orders + clickstream)
   through one `ChurnBook` with learning on, as `churn train` replays it; order events
-  per second, median of `--runs`, next to a baseline measured in the same run on the
-  same records: decoding them only (`decode_record`), the floor of any replay.
+  per CPU second (process time: a shared machine's other processes do not count),
+  median of `--runs`, next to a baseline measured in the same run, interleaved run by
+  run, on the same records: decoding them only (`decode_record`), the floor of any replay.
 - memory: Python heap (tracemalloc) held by the book after replaying a history,
   per tracked customer, and pickled size per customer.
 
@@ -79,14 +80,11 @@ def bench_auc(customers: int, days: int) -> None:
                   f"observed churn {observed:.3f}")
 
 
-def _median_rate(count: int, work, runs: int) -> float:
-    rates = []
-    for _ in range(runs):
-        gc.collect()
-        started = time.perf_counter()
-        work()
-        rates.append(count / (time.perf_counter() - started))
-    return statistics.median(rates)
+def _cpu_seconds(work) -> float:
+    gc.collect()
+    started = time.process_time()
+    work()
+    return time.process_time() - started
 
 
 def bench_speed(customers: int, days: int, runs: int) -> None:
@@ -95,8 +93,12 @@ def bench_speed(customers: int, days: int, runs: int) -> None:
         history = generate_history(customers, seed=303, duration_ms=days * DAY_MS, clicks=clicks)
         records = input_records(history)
         orders = sum(1 for r in records if r.topic == "orders")
-        decode = _median_rate(orders, lambda: [decode_record(r) for r in records], runs)
-        replay = _median_rate(orders, lambda: replay_history(records, cfg, now_ms=NOW_MS), runs)
+        decode_s, replay_s = [], []
+        for _ in range(runs):  # interleaved, so both see the same share of a busy machine
+            decode_s.append(_cpu_seconds(lambda: [decode_record(r) for r in records]))
+            replay_s.append(_cpu_seconds(lambda: replay_history(records, cfg, now_ms=NOW_MS)))
+        decode = orders / statistics.median(decode_s)
+        replay = orders / statistics.median(replay_s)
         label = "orders + clickstream" if clicks else "orders only"
         print(f"speed ({label}, {len(records):,} events, {orders:,} order events): replay "
               f"{replay:,.0f} order events/s ({replay * len(records) / orders:,.0f} events/s); decode-only "
