@@ -92,19 +92,25 @@ class LatencyResult:
 # -- traffic ---------------------------------------------------------------------------------
 
 
-def fill_backlog(settings: Settings, scenario: str, events: int, seed: int) -> Backlog:
-    """Produce `events` simulated events flat out to the (prefixed) input topics."""
+def fill_backlog(settings: Settings, scenario: str, events: int, seed: int,
+                 topics: tuple[str, ...] = INPUT_TOPICS) -> Backlog:
+    """Produce `events` simulated events flat out to the (prefixed) input `topics`; the
+    backlog's end offsets cover those topics only."""
     producer = CheckedProducer(settings)
     started = time.perf_counter()
     sent = 0
     for event in generate((scenario,), seed=seed, duration_ms=parse_duration("7d"), shoppers=400_000):
+        if event.topic not in topics:
+            continue
         producer.produce(event.topic, event.key, event.value)
         sent += 1
         if sent == events:
             break
     producer.flush()
     seconds = time.perf_counter() - started
-    return Backlog(sent, seconds, _end_offsets(settings))
+    real_topics = {settings.topic(topic) for topic in topics}
+    ends = {tp: end for tp, end in _end_offsets(settings).items() if tp[0] in real_topics}
+    return Backlog(sent, seconds, ends)
 
 
 def _end_offsets(settings: Settings) -> dict[tuple[str, int], int]:

@@ -43,30 +43,12 @@ from state.serde import dumps, loads
 COUPON_TOPICS = ("clickstream", "orders")
 
 
-def fill_backlog(settings: Settings, events: int, seed: int) -> bench.Backlog:
-    producer = CheckedProducer(settings)
-    started = time.perf_counter()
-    sent = 0
-    for event in generate(("double11",), seed=seed, duration_ms=parse_duration("7d"), shoppers=400_000):
-        if event.topic not in COUPON_TOPICS:
-            continue
-        producer.produce(event.topic, event.key, event.value)
-        sent += 1
-        if sent == events:
-            break
-    producer.flush()
-    seconds = time.perf_counter() - started
-    topics = {settings.topic(t) for t in COUPON_TOPICS}
-    ends = {tp: end for tp, end in bench._end_offsets(settings).items() if tp[0] in topics}
-    return bench.Backlog(sent, seconds, ends)
-
-
 def throughput(settings: Settings, events: int, processes: int, seed: int) -> None:
     with tempfile.TemporaryDirectory(prefix="shopstream-bench-coupons-") as scratch:
         run = bench._bench_settings(settings, processes, Path(scratch) / "throughput")
         services.create_topics(run)
         try:
-            backlog = fill_backlog(run, events, seed)
+            backlog = bench.fill_backlog(run, "double11", events, seed, COUPON_TOPICS)
             ceiling = bench.raw_ceiling(run, backlog, processes)
             result = bench.flow_throughput(run, "coupons", backlog, ceiling)
             client = connect(run)
