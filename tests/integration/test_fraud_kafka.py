@@ -62,6 +62,10 @@ def test_the_decision_script_writes_once_and_pushes_once(settings, redis_client)
     assert 0 < redis_client.ttl(settings.redis_key("fraud:ready:p1")) <= 60
 
 
+def decided_on_topic(settings) -> set[str]:
+    return {orjson.loads(value)["payment_id"] for _, value in read_topic(settings, "fraud-decisions")}
+
+
 def test_kill_9_and_restart_never_changes_or_repeats_a_decision(fraud_settings, redis_client, payments):
     settings = fraud_settings
     thirds = len(payments) // 3
@@ -88,6 +92,11 @@ def test_kill_9_and_restart_never_changes_or_repeats_a_decision(fraud_settings, 
     try:
         wait_until(lambda: len(stored_decisions(redis_client, settings, all_ids)) == len(all_ids), 90,
                    "a decision for every requested payment")
+        # Redis and the topic are separate outputs of a batch: wait for the topic too before
+        # stopping, or a batch written to Redis but not yet to Kafka would only reach it on
+        # the next restart's replay.
+        wait_until(lambda: decided_on_topic(settings) >= set(all_ids), 60, "every decision on fraud-decisions",
+                   interval_s=1.0)
         assert all(p.popen.poll() is None for p in processes)
     finally:
         stop_all(processes)
