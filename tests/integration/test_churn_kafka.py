@@ -5,7 +5,6 @@ and every win-back coupon reaches `stream:coupons` and the `coupons` topic exact
 from __future__ import annotations
 
 import signal
-import time
 from dataclasses import replace
 
 import orjson
@@ -18,7 +17,7 @@ from shopstream.runner import start_flow, stop_all
 from simulators.histories import generate_history
 from simulators.testing import input_records
 from state.model_checkpoints import ModelStore
-from tests.integration.kafka_helpers import produce, read_topic, wait_until
+from tests.integration.kafka_helpers import produce, read_topic, wait_for_snapshot, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +71,7 @@ def test_kill_9_and_restart_gives_the_same_scores_and_each_winback_once(churn_se
     processes = start_flow(settings, "churn")
     try:
         wait_until(lambda: len(churn_hashes(redis_client, settings)) >= 100, 90, "the flow to make progress")
-        time.sleep(2.5 * settings.snapshot_interval_s)  # let a snapshot land: the restart resumes, not replays
+        wait_for_snapshot(settings, "churn")  # the restart resumes, not replays
     finally:
         for proc in processes:
             proc.popen.send_signal(signal.SIGKILL)

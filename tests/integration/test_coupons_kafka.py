@@ -21,7 +21,7 @@ from simulators.timeline import HOUR
 from state.cart_offers import RedisOfferPorts
 from state.coupons import CouponIssuer, CouponRules
 from state.redis_store import RedisSink, connect
-from tests.integration.kafka_helpers import produce, read_topic, wait_until
+from tests.integration.kafka_helpers import produce, read_topic, wait_for_snapshot, wait_until
 from tests.unit.coupon_fakes import FakePorts, Stream
 from tests.unit.test_coupons_flow import CONFIG, NOW_MS, T0
 
@@ -101,7 +101,7 @@ def test_kill_9_and_restart_push_no_coupon_twice(settings, redis_client, shop_ev
         produce(settings, topic, [(e.key, e.value) for e in events[:half] if e.topic == topic])
     processes = start_flow(settings, "coupons")
     wait_until(lambda: len(stream_entries(redis_client, settings)) >= 50, 90, "coupons before the crash")
-    time.sleep(2.5 * settings.snapshot_interval_s)  # let a snapshot land: the restart resumes, not replays
+    wait_for_snapshot(settings, "coupons")  # the restart resumes, not replays
     for proc in processes:
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait()

@@ -19,7 +19,7 @@ from simulators import generate
 from simulators.timeline import HOUR
 from state.model_checkpoints import ModelStore
 from state.redis_store import DecideOnce, RedisSink
-from tests.integration.kafka_helpers import produce, read_topic, wait_until
+from tests.integration.kafka_helpers import produce, read_topic, wait_for_snapshot, wait_until
 from tests.integration.ports import free_port
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def test_kill_9_and_restart_never_changes_or_repeats_a_decision(fraud_settings, 
     first_ids = requested_ids(first)
     wait_until(lambda: len(stored_decisions(redis_client, settings, first_ids)) == len(first_ids), 60,
                "decisions for the first third")
-    time.sleep(2.5 * settings.snapshot_interval_s)  # a snapshot lands: the restart resumes, not replays all
+    wait_for_snapshot(settings, "fraud")  # the restart resumes, not replays
     before_kill = stored_decisions(redis_client, settings, first_ids)
     # Kill while the second third is being decided: its epoch is replayed after the restart.
     produce(settings, "payments", [(e.key, e.value) for e in second])

@@ -5,13 +5,12 @@ restored sessions still join the orders that follow."""
 from __future__ import annotations
 
 import signal
-import time
 
 import orjson
 import pytest
 
 from shopstream.runner import start_flow, stop_all
-from tests.integration.kafka_helpers import produce, read_topic, wait_until
+from tests.integration.kafka_helpers import produce, read_topic, wait_for_snapshot, wait_until
 from tests.unit.test_funnel_flow import MINUTE, T0, click, hand_built_stream, order
 
 pytestmark = pytest.mark.integration
@@ -40,7 +39,7 @@ def test_results_in_redis_and_sessions_survive_kill_9(settings, redis_client):
         assert list(result["stages"].values()) == [4, 3, 3, 2, 2, 1]
         kpi = wait_until(lambda: window_result(redis_client, settings, "kpi:latest", T0), 10, "kpi:latest")
         assert (kpi["gmv"], kpi["orders"], kpi["uv"]) == (100.0, 2, 4)
-        time.sleep(2.5 * settings.snapshot_interval_s)  # let a snapshot land: the restart resumes, not replays
+        wait_for_snapshot(settings, "funnel")  # the restart resumes, not replays
     finally:
         for proc in processes:
             proc.popen.send_signal(signal.SIGKILL)

@@ -4,7 +4,6 @@ recovery by the runner: kill -9 mid-stream and restart leaves the ledger exact."
 from __future__ import annotations
 
 import signal
-import time
 
 import orjson
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from shopstream.runner import start_flow, stop_all
 from simulators import generate
 from simulators.timeline import HOUR
-from tests.integration.kafka_helpers import produce, read_topic, wait_until
+from tests.integration.kafka_helpers import produce, read_topic, wait_for_snapshot, wait_until
 from tests.unit.test_stock_flow import truth_levels
 from simulators.testing import input_records
 
@@ -52,7 +51,7 @@ def test_kill_9_and_restart_leaves_the_ledger_exact(settings, redis_client, flas
 
     processes = start_flow(settings, "stock")
     wait_until(lambda: len(stock_hashes(redis_client, settings)) >= 1000, 60, "the flow to make progress")
-    time.sleep(2.5 * settings.snapshot_interval_s)  # let a snapshot land: the restart resumes, not replays
+    wait_for_snapshot(settings, "stock")  # the restart resumes, not replays
     for proc in processes:
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait()
