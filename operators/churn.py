@@ -48,7 +48,8 @@ import zlib
 from array import array
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Iterable, NamedTuple
 
 from operators.churn_model import ChurnModel
 from operators.clock import StreamClock
@@ -95,7 +96,7 @@ class ChurnRules:
     rfm: RfmRules = field(default_factory=RfmRules)
     horizon_ms: int = 90 * DAY_MS  # churned = no paid order within this long after a score
     rescore_ms: int = 7 * DAY_MS  # a quiet customer is re-scored this often (risk grows with recency)
-    label_period_ms: int = 30 * DAY_MS  # at most one pending label snapshot per customer per period
+    label_period_ms: int = 90 * DAY_MS  # one label snapshot per customer per period (a horizon: one pending)
     lateness_ms: int = 10_000
     idle_source_ms: int = 500
     startup_grace_ms: int = 0
@@ -151,10 +152,16 @@ def churn_view(user: CustomerState, recency_days: float | None, frequency: int, 
 class ChurnBook:
     """Customers of one bucket with the stream's event-time clock and the bucket's model."""
 
-    def __init__(self, rules: ChurnRules, model: ChurnModel, learning: bool = True):
+    def __init__(self, rules: ChurnRules, model: ChurnModel, learning: bool = True, scoring: bool = True):
+        if not (learning or scoring):
+            raise ValueError("a churn book that neither learns nor scores does nothing")
         self.rules = rules
         self.model = model
         self.learning = learning  # False: score only (evaluation on held-out customers)
+        # False: learn only (pre-training). The labels, and so the model, do not depend on
+        # the scores (label snapshots sit on their own grid), so skipping every score and
+        # quiet re-score teaches exactly the model a scoring replay teaches.
+        self.scoring = scoring
         self.clock = StreamClock(rules.lateness_ms, rules.idle_source_ms, rules.startup_grace_ms)
         self.customers: dict[str, bytes] = {}  # user_id -> packed CustomerState (`operators/rfm.py`)
         self.inbox: list[tuple] = []  # heap of (ts, kind, user_id, event_id, ChurnInput)
@@ -224,11 +231,29 @@ class ChurnBook:
         user_id = event.user_id
         blob = self.customers.get(user_id)
         user = CustomerState(now) if blob is None else unpack_state(blob)
+        if self._on_event(user_id, user, event, now):
+            self.customers[user_id] = pack_state(user)
+
+    def _wake(self, user_id: str, due: int) -> None:
+        blob = self.customers.get(user_id)
+        if blob is None:
+            return
+        user = unpack_state(blob)
+        if user.queued_ts != due:
+            return  # a timer superseded by an earlier one
+        if self._on_timer(user_id, user, due):
+            self.customers[user_id] = pack_state(user)
+        else:
+            del self.customers[user_id]
+
+    # -- one customer: the logic, apart from where customers are stored ---------------------
+    def _on_event(self, user_id: str, user: CustomerState, event: ChurnInput, now: int) -> bool:
+        """One event of one customer; False when it changed nothing (an order delivered again)."""
         rfm = self.rules.rfm
         kind = event.kind
         if kind == PAID:
             if not record_paid(user, now, event.amount, zlib.crc32(event.ref.encode()), rfm):
-                return
+                return False
             user.episode_ts = None  # the customer is back: a later lapse is a new episode
             self._resolve_pending(user, now, churned=False)
             self._score(user_id, user, now)
@@ -241,20 +266,14 @@ class ChurnBook:
             if first_today:
                 self._score(user_id, user, now)
         self._schedule(user_id, user, now)
-        self.customers[user_id] = pack_state(user)
+        return True
 
-    def _wake(self, user_id: str, due: int) -> None:
-        blob = self.customers.get(user_id)
-        if blob is None:
-            return
-        user = unpack_state(blob)
-        if user.queued_ts != due:
-            return  # a timer superseded by an earlier one
+    def _on_timer(self, user_id: str, user: CustomerState, due: int) -> bool:
+        """The customer's (current) timer is due; False when the customer is dropped."""
         user.queued_ts = None
         if user.wake_ts is not None and user.wake_ts > due:
             self._queue(user_id, user, user.wake_ts)  # activity moved it later
-            self.customers[user_id] = pack_state(user)
-            return
+            return True
         if user.pending_ts is not None:
             self._resolve_expired(user, due)
         if self._snapshots_open(user, due) and self._next_snapshot(user_id, due - 1) == due:
@@ -262,14 +281,13 @@ class ChurnBook:
         quiet_ms = due - user.last_ts
         if quiet_ms >= self._keep_quiet_ms(user) and user.pending_ts is None:
             if user.orders_total == 0:
-                del self.customers[user_id]
-                return
+                return False
             compact(user)
             self._score(user_id, user, due)  # the windows are empty now: the tier falls to bronze
         elif self._rescore_due(user, due):
             self._score(user_id, user, due)
         self._schedule(user_id, user, due)
-        self.customers[user_id] = pack_state(user)
+        return True
 
     def _rescore_due(self, user: CustomerState, now: int) -> bool:
         """Quiet customers are re-scored while their risk can still rise: until it is high
@@ -278,6 +296,8 @@ class ChurnBook:
 
     # -- scores, labels, win-backs ----------------------------------------------------------
     def _score(self, user_id: str, user: CustomerState, now: int) -> None:
+        if not self.scoring:
+            return
         rules = self.rules
         view = rfm_view(user, now, rules.rfm)
         x = features(user, view)
@@ -339,7 +359,7 @@ class ChurnBook:
         for index, taken in enumerate(user.pending_ts):
             if taken >= now:
                 break
-            self.model.learn(user.pending_x[index * width:(index + 1) * width], churned)
+            self.model.learn(user.pending_x[index * width:(index + 1) * width], churned, now)
             keep_from = index + 1
         self._drop_pending(user, keep_from)
 
@@ -351,7 +371,7 @@ class ChurnBook:
         for index, taken in enumerate(user.pending_ts):
             if taken + horizon > now:
                 break
-            self.model.learn(user.pending_x[index * width:(index + 1) * width], True)
+            self.model.learn(user.pending_x[index * width:(index + 1) * width], True, now)
             keep_from = index + 1
         self._drop_pending(user, keep_from)
 
@@ -368,18 +388,24 @@ class ChurnBook:
 
     # -- timers ----------------------------------------------------------------------------
     def _schedule(self, user_id: str, user: CustomerState, now: int) -> None:
-        """The next moment this customer needs attention: a re-score, a label deadline, compaction."""
+        """The next moment this customer needs attention: a re-score, a label deadline, a label
+        snapshot, compaction (the earliest of them; this runs after every operation)."""
         rules = self.rules
-        candidates = []
-        if user.scored_ts is not None and user.risk != "high" and not user.compacted:
-            candidates.append(user.scored_ts + rules.rescore_ms)
+        compacted = user.orders is None and user.activity is None
+        wake = None
+        if user.scored_ts is not None and user.risk != "high" and not compacted:
+            wake = user.scored_ts + rules.rescore_ms
         if user.pending_ts is not None:
-            candidates.append(user.pending_ts[0] + rules.horizon_ms)
+            due = user.pending_ts[0] + rules.horizon_ms
+            wake = due if wake is None or due < wake else wake
         if self._snapshots_open(user, now):
-            candidates.append(self._next_snapshot(user_id, now))
-        if not user.compacted or user.orders_total == 0:
-            candidates.append(user.last_ts + self._keep_quiet_ms(user))
-        wake = max(min(candidates), now + 1) if candidates else None
+            due = self._next_snapshot(user_id, now)
+            wake = due if wake is None or due < wake else wake
+        if not compacted or user.orders_total == 0:
+            due = user.last_ts + self._keep_quiet_ms(user)
+            wake = due if wake is None or due < wake else wake
+        if wake is not None and wake <= now:
+            wake = now + 1
         user.wake_ts = wake
         if wake is not None and (user.queued_ts is None or wake < user.queued_ts):
             self._queue(user_id, user, wake)
@@ -406,3 +432,66 @@ class ChurnBook:
             view = rfm_view(user, now, self.rules.rfm)
             out[user_id] = (self.model.score(features(user, view)), view.recency_days)
         return out
+
+
+# -- pre-training ------------------------------------------------------------------------------
+
+
+class _LabelLog:
+    """Stands in for the model while one customer's history is replayed: keeps each label
+    with the position, in a book's order of operations, of the operation that resolved it."""
+
+    def __init__(self, feature_names: tuple[str, ...]):
+        self.feature_names = feature_names
+        self.operation: tuple = ()  # the key of the operation running now
+        self.labels: list[tuple] = []  # (operation key, features, churned, event time)
+
+    def learn(self, x, churned: bool, now: int) -> None:
+        self.labels.append((self.operation, x, churned, now))
+
+
+def learn_from_history(rules: ChurnRules, model: ChurnModel, inputs: Iterable[ChurnInput], until_ts: int) -> int:
+    """Teach `model` exactly the labels, in exactly the order, that a `ChurnBook` replaying
+    these events up to event time `until_ts` would teach it, without scoring anyone: the
+    pre-training replay (`shopstream churn train`). Returns the number of customers seen.
+
+    Without scores, customers do not affect one another until their labels reach the
+    model (labels come from each customer's own events and label grid). So instead of
+    interleaving every customer through two heaps and packing each one between
+    operations, as a book must, this replays one customer at a time with its state
+    unpacked throughout, through the book's own per-customer logic, records each label
+    with its operation's place in a book's order (events before timers of the same
+    instant; events by kind, user, event id; timers by user), then teaches the model in
+    that order. A book applies an event later than its allowed lateness at the time it
+    has already reached; this assumes none is (a history sorted by event time), and
+    `test_churn_training` checks the models are equal.
+    """
+    log = _LabelLog(model.feature_names)
+    book = ChurnBook(rules, log, scoring=False)  # type: ignore[arg-type]  # only `learn` and `feature_names` are used
+    by_user: dict[str, list[ChurnInput]] = {}
+    for event in inputs:
+        by_user.setdefault(event.user_id, []).append(event)
+    pop = heapq.heappop
+    for user_id, events in by_user.items():
+        events.sort(key=lambda event: (event.ts, event.kind, event.event_id))
+        timers = book.timers = []
+        user: CustomerState | None = None
+        for event in events + [None]:
+            limit = until_ts + 1 if event is None else event.ts  # timers of an event's instant run after it
+            while timers and timers[0][0] < limit:
+                due = pop(timers)[0]
+                if user is None or user.queued_ts != due:
+                    continue  # superseded, or the customer was dropped
+                log.operation = (due, 1, 0, user_id, "")
+                if not book._on_timer(user_id, user, due):
+                    user = None
+            if event is None:
+                break
+            if user is None:
+                user = CustomerState(event.ts)
+            log.operation = (event.ts, 0, event.kind, user_id, event.event_id)
+            book._on_event(user_id, user, event, event.ts)
+    log.labels.sort(key=itemgetter(0))  # stable: one operation's labels keep their order
+    for _, x, churned, now in log.labels:
+        model.learn(x, churned, now)
+    return len(by_user)

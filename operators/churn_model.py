@@ -1,15 +1,23 @@
-"""The churn risk model: an online river logistic regression on RFM features.
+"""The churn risk model: an online river logistic regression on RFM features, calibrated.
 
 A customer scored at event time t is labelled *churned* if they place no paid
 order within the churn horizon after t, *active* otherwise; the label is known
 only later (at the next order, or when the horizon has passed), so the churn flow
-keeps the features of a few scored moments per customer (`operators/churn.py`)
-and teaches the model when each resolves.
+keeps the features of a few moments per customer (`operators/churn.py`) and hands
+each label to the model when it resolves.
 
-Logistic regression on standardised, log-scaled features gives a probability
-directly: log loss is a proper scoring rule, so the online fit stays calibrated
-as long as the features are (BENCHMARKS.md reports calibration by band). Risk
-bands cut that probability at configured thresholds.
+Learning is in mini-batches (river's `learn_many`: one mean-gradient step per
+batch): one `learn_one` costs ~28 µs, as much as everything else a replayed order
+costs together, while a batch of 256 costs ~5 µs a label. Labels wait in a buffer
+until `batch_size` of them have resolved, or a day of event time has passed since
+the first one (a small shop's model still moves daily); both are decided by the
+order of operations alone, so a replay learns exactly what the live flow learned.
+
+The regression's probability is then calibrated: every label, before the model
+learns from it, is scored (prequential), and its raw logit and outcome go into
+bins with exponential forgetting; pool-adjacent-violators makes the bins' churn
+rates monotone, and a score is the rate interpolated between bin centres. The
+risk bands cut that calibrated probability at configured thresholds.
 """
 
 from __future__ import annotations
@@ -18,9 +26,14 @@ import math
 from bisect import bisect
 from dataclasses import dataclass
 
-from river import compose, linear_model, optim, preprocessing
+import numpy as np
+import pandas as pd
+from river import linear_model, optim, preprocessing
+
+from operators.rfm import DAY_MS
 
 RISKS = ("low", "medium", "high")
+LAYOUT = 2  # the model's structure; a checkpoint of another layout cannot be warm-started from
 
 # Cells of recency x the customer's own pace, one-hot: a linear model on smooth features
 # cannot say "60 quiet days is late for a weekly buyer and early for a quarterly one".
@@ -28,13 +41,22 @@ RISKS = ("low", "medium", "high")
 _RECENCY_EDGES = tuple(math.log1p(days) for days in (7, 14, 30, 60, 90, 180))
 _GAP_RATIO_EDGES = tuple(math.log1p(ratio) for ratio in (0.5, 1, 2, 4))
 _ORDERS_EDGES = tuple(math.log1p(count) for count in (1, 2, 4, 8))
+_PACE_CELLS = len(_GAP_RATIO_EDGES) + 1
+_ORDER_CELLS = len(_ORDERS_EDGES) + 1
+CELL_NAMES = tuple(
+    [f"recency{r}_pace{p}" for r in range(len(_RECENCY_EDGES) + 1) for p in range(_PACE_CELLS)]
+    + [f"recency{r}_orders{o}" for r in range(len(_RECENCY_EDGES) + 1) for o in range(_ORDER_CELLS)]
+)
+_ORDERS_CELLS_AT = (len(_RECENCY_EDGES) + 1) * _PACE_CELLS  # first recency x orders column
 
 
 @dataclass(frozen=True)
 class ModelRules:
-    learning_rate: float = 0.05
+    learning_rate: float = 0.2  # per mini-batch step (mean gradient of the batch)
     l2: float = 0.0001
-    medium_at: float = 0.4  # probability of churn from which the risk is medium
+    batch_size: int = 256  # labels per learning step
+    max_wait_ms: int = 7 * DAY_MS  # ... or fewer, once the oldest waiting label is this old (event time)
+    medium_at: float = 0.4  # calibrated probability of churn from which the risk is medium
     high_at: float = 0.7  # ... and high
 
     def __post_init__(self) -> None:
@@ -42,6 +64,8 @@ class ModelRules:
             raise ValueError(f"risk bands need 0 < medium < high < 1, got {self.medium_at}, {self.high_at}")
         if self.learning_rate <= 0 or self.l2 < 0:
             raise ValueError("the learning rate must be positive and l2 not negative")
+        if self.batch_size < 1 or self.max_wait_ms < 0:
+            raise ValueError("the learning batch needs at least one label and a wait of at least 0 ms")
 
     def band(self, score: float) -> str:
         if score >= self.high_at:
@@ -49,100 +73,196 @@ class ModelRules:
         return "medium" if score >= self.medium_at else "low"
 
 
+class Calibration:
+    """Raw logit -> observed churn rate, from binned outcomes with forgetting, made monotone."""
+
+    LOW, HIGH, WIDTH = -8.0, 8.0, 0.5  # bins of raw logit; scores beyond the ends use the end bins
+    MIN_LABELS = 500.0  # until this much (decayed) evidence, scores are the raw probability
+
+    def __init__(self, memory_ms: int = 90 * DAY_MS):
+        bins = int((self.HIGH - self.LOW) / self.WIDTH)
+        self.memory_ms = memory_ms  # evidence fades by e every this long of event time
+        self.weight = np.zeros(bins)  # labels per bin, decayed
+        self.churned = np.zeros(bins)
+        self.as_of: int | None = None  # event time of the evidence
+        self.centres: tuple[float, ...] = ()  # fitted curve: logits and their calibrated rates
+        self.rates: tuple[float, ...] = ()
+
+    def _bins(self, logits: np.ndarray) -> np.ndarray:
+        index = np.floor((logits - self.LOW) / self.WIDTH).astype(int)
+        return np.clip(index, 0, len(self.weight) - 1)
+
+    def learn(self, logits: np.ndarray, churned: np.ndarray, now: int) -> None:
+        if self.as_of is not None and now > self.as_of:
+            keep = math.exp(-(now - self.as_of) / self.memory_ms)
+            self.weight *= keep
+            self.churned *= keep
+        self.as_of = now if self.as_of is None else max(self.as_of, now)
+        bins = self._bins(logits)
+        np.add.at(self.weight, bins, 1.0)
+        np.add.at(self.churned, bins, churned.astype(float))
+        self._fit()
+
+    def _fit(self) -> None:
+        if self.weight.sum() < self.MIN_LABELS:
+            self.centres = self.rates = ()
+            return
+        # Pool adjacent violators over the non-empty bins, weighted by their evidence.
+        blocks: list[list[float]] = []  # [weight, churned, first centre, last centre]
+        for index in np.flatnonzero(self.weight > 1e-9).tolist():  # plain floats: scores go to JSON
+            centre = self.LOW + (index + 0.5) * self.WIDTH
+            blocks.append([float(self.weight[index]), float(self.churned[index]), centre, centre])
+            while len(blocks) > 1 and blocks[-2][1] / blocks[-2][0] >= blocks[-1][1] / blocks[-1][0]:
+                weight, churned, _, last = blocks.pop()
+                blocks[-1][0] += weight
+                blocks[-1][1] += churned
+                blocks[-1][3] = last
+        # Each pooled block's rate sits at its evidence's middle; between blocks, interpolate.
+        self.centres = tuple((first + last) / 2 for _, _, first, last in blocks)
+        self.rates = tuple(churned / weight for weight, churned, _, _ in blocks)
+
+    def probability(self, logit: float) -> float:
+        centres = self.centres
+        if not centres:
+            return _sigmoid(logit)
+        at = bisect(centres, logit)
+        if at == 0:
+            return self.rates[0]
+        if at == len(centres):
+            return self.rates[-1]
+        left, right = centres[at - 1], centres[at]
+        share = (logit - left) / (right - left)
+        return self.rates[at - 1] + share * (self.rates[at] - self.rates[at - 1])
+
+
+def _sigmoid(logit: float) -> float:
+    if logit < -30:
+        return 0.0
+    if logit > 30:
+        return 1.0
+    return 1 / (1 + math.exp(-logit))
+
+
 class ChurnModel:
-    """A river pipeline (scaler + logistic regression) with the feature names it was built for.
+    """Scaler + logistic regression (river) + calibration, with the feature names it was built for.
 
     river models are not thread-safe and cannot be merged: each churn bucket owns one.
-    `labels_learned` counts the labels learned, so two models with the same history agree.
+    `labels_learned` counts the labels handed to `learn` (those waiting for the next
+    batch included), so two models with the same history agree.
     """
 
     def __init__(self, feature_names: tuple[str, ...], rules: ModelRules = ModelRules()):
+        self.layout = LAYOUT
         self.feature_names = feature_names
         self._cells = tuple(feature_names.index(name) for name in ("recency_days", "gap_ratio", "orders_total"))
         self.rules = rules
-        # Numeric features standardised; the one-hot cells pass as they are (a scaler
+        # Numeric features are standardised; the one-hot cells pass as they are (a scaler
         # would zero them: a sparse feature that is always 1 when present has no variance).
-        self.pipeline = compose.Pipeline(
-            compose.TransformerUnion(
-                compose.Select(*feature_names) | preprocessing.StandardScaler(),
-                compose.Discard(*feature_names),
-            ),
-            linear_model.LogisticRegression(optimizer=optim.SGD(rules.learning_rate), l2=rules.l2),
-        )
+        self.scaler = preprocessing.StandardScaler()
+        self.regression = linear_model.LogisticRegression(optimizer=optim.SGD(rules.learning_rate), l2=rules.l2)
+        self.calibration = Calibration()
         self.labels_learned = 0
         self.churned_learned = 0
-        self._terms: tuple | None = None  # what `score` reads from the pipeline, until the next learn
+        self.batches_learned = 0
+        self._waiting_x: list = []  # features of the labels not learned yet, one sequence each
+        self._waiting_y: list[bool] = []
+        self._waiting_since: int | None = None  # event time of the oldest waiting label
+        self._waiting_now = 0  # ... and of the newest
+        self._terms: tuple | None = None  # what `score` reads from the river models, until the next batch
 
-    def _as_dict(self, x) -> dict[str, float]:
-        named = dict(zip(self.feature_names, x))
-        recency, gap_ratio, orders = (x[index] for index in self._cells)
-        recency_cell = bisect(_RECENCY_EDGES, recency)
-        named[f"recency{recency_cell}_pace{bisect(_GAP_RATIO_EDGES, gap_ratio)}"] = 1.0
-        named[f"recency{recency_cell}_orders{bisect(_ORDERS_EDGES, orders)}"] = 1.0
-        return named
-
-    def score(self, x) -> float:
-        """Probability of churn for one feature vector: exactly what
-        `pipeline.predict_proba_one(self._as_dict(x))[True]` returns, bit for bit, read
-        from the pipeline's learned state (scaler means and variances, weights, intercept,
-        taken once per learned label) without the dicts river's transformers pass along.
-        The churn book scores several times per order (quiet customers are re-scored on
-        a timer), so this is its hottest path; learning stays in river.
-
-        The same floating-point operations in the same order as river's: the cells
-        (`Discard`'s output) come first in the transformed dict, then the scaled features
-        in the iteration order of `Select`'s key set; the dot product adds
-        weight x value in that order from 0.0, then the intercept, then the sigmoid of
-        `utils.math.sigmoid`. `test_churn_model` checks the equality over a learning history.
-        """
-        weight, intercept, scaled = self._terms or self._take_terms()
+    # -- scoring -----------------------------------------------------------------------------
+    def cells(self, x) -> tuple[int, int]:
+        """Column offsets (in CELL_NAMES) of the two one-hot cells a feature vector falls in."""
         recency_at, gap_ratio_at, orders_at = self._cells
-        recency, gap_ratio, orders = x[recency_at], x[gap_ratio_at], x[orders_at]
-        recency_cell = bisect(_RECENCY_EDGES, recency)
-        dot = 0.0
-        dot += weight(f"recency{recency_cell}_pace{bisect(_GAP_RATIO_EDGES, gap_ratio)}", 0.0) * 1.0
-        dot += weight(f"recency{recency_cell}_orders{bisect(_ORDERS_EDGES, orders)}", 0.0) * 1.0
+        recency_cell = bisect(_RECENCY_EDGES, x[recency_at])
+        return (recency_cell * _PACE_CELLS + bisect(_GAP_RATIO_EDGES, x[gap_ratio_at]),
+                _ORDERS_CELLS_AT + recency_cell * _ORDER_CELLS + bisect(_ORDERS_EDGES, x[orders_at]))
+
+    def logit(self, x) -> float:
+        """The regression's raw log-odds of churn for one feature vector: what river's
+        `regression.predict_proba_one` takes the sigmoid of, for the scaled features and
+        the two hot cells, read from the learned state once per batch instead of through
+        river's dicts (quiet customers are re-scored on a timer: this is the hot path).
+        `test_churn_model` checks it against river."""
+        scaled, cell_weights, intercept = self._terms or self._take_terms()
+        pace_cell, orders_cell = self.cells(x)
+        dot = cell_weights[pace_cell] + cell_weights[orders_cell]
         for index, coefficient, mean, std in scaled:
             dot += coefficient * ((x[index] - mean) / std if std else 0.0)
-        logit = dot + intercept
-        if logit < -30:
-            return 0
-        if logit > 30:
-            return 1
-        return 1 / (1 + math.exp(-logit))
+        return dot + intercept
+
+    def raw_probability(self, x) -> float:
+        return _sigmoid(self.logit(x))
+
+    def score(self, x) -> float:
+        """Calibrated probability of churn."""
+        return self.calibration.probability(self.logit(x))
 
     def _take_terms(self) -> tuple:
-        """(weight lookup, intercept, (feature index, weight, mean, standard deviation) in
-        river's order): valid until the next label is learned."""
-        scaled_steps = self.pipeline.steps["TransformerUnion"].transformers["Pipeline"].steps
-        scaler = scaled_steps["StandardScaler"]
-        regression = self.pipeline.steps["LogisticRegression"]
-        weight = regression._weights.get
-        position = {name: index for index, name in enumerate(self.feature_names)}
+        # Plain floats: river's mini-batch updates leave numpy scalars, slower to compute with and not JSON.
+        weight = self.regression._weights.get
+        scaler = self.scaler
         scaled = tuple(
-            (position[name], weight(name, 0.0), scaler.means.get(name, 0.0), scaler.vars.get(name, 0.0) ** 0.5)
-            for name in scaled_steps["Select"].keys
+            (index, float(weight(name, 0.0)), float(scaler.means.get(name, 0.0)),
+             float(scaler.vars.get(name, 0.0)) ** 0.5)
+            for index, name in enumerate(self.feature_names)
         )
-        self._terms = (weight, regression.intercept, scaled)
+        cells = tuple(float(weight(name, 0.0)) for name in CELL_NAMES)
+        self._terms = (scaled, cells, float(self.regression.intercept))
         return self._terms
 
     def __getstate__(self) -> dict:
-        # The terms follow the iteration order of a set, which a copy may not keep: rebuilt after loading.
         return {**self.__dict__, "_terms": None}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._terms = None  # also for checkpoints saved before the terms existed
-
-    def learn(self, x, churned: bool) -> None:
-        self.pipeline.learn_one(self._as_dict(x), churned)
-        self._terms = None
-        self.labels_learned += 1
-        self.churned_learned += churned
 
     def band(self, score: float) -> str:
         return self.rules.band(score)
 
+    # -- learning ----------------------------------------------------------------------------
+    def learn(self, x, churned: bool, now: int) -> None:
+        """One resolved label at event time `now`; the model changes when its batch is full
+        or the oldest waiting label is `max_wait_ms` old."""
+        self._waiting_x.append(x)
+        self._waiting_y.append(churned)
+        self.labels_learned += 1
+        self.churned_learned += churned
+        if self._waiting_since is None:
+            self._waiting_since = now
+        self._waiting_now = now
+        if len(self._waiting_y) >= self.rules.batch_size or now - self._waiting_since >= self.rules.max_wait_ms:
+            self.learn_waiting()
+
+    def learn_waiting(self) -> None:
+        """Learn from every waiting label now (also at the end of a replay, before a checkpoint)."""
+        if not self._waiting_y:
+            return
+        numeric = np.array(self._waiting_x, dtype=np.float64)
+        churned = np.array(self._waiting_y, dtype=bool)
+        recency_at, gap_ratio_at, orders_at = self._cells
+        recency_cells = np.searchsorted(_RECENCY_EDGES, numeric[:, recency_at], side="right")
+        pace_cells = recency_cells * _PACE_CELLS + np.searchsorted(_GAP_RATIO_EDGES, numeric[:, gap_ratio_at], side="right")
+        orders_cells = (_ORDERS_CELLS_AT + recency_cells * _ORDER_CELLS
+                        + np.searchsorted(_ORDERS_EDGES, numeric[:, orders_at], side="right"))
+        rows = np.arange(len(numeric))
+        hot = np.zeros((len(numeric), len(CELL_NAMES)))
+        hot[rows, pace_cells] = hot[rows, orders_cells] = 1.0
+        self.calibration.learn(self._logits(numeric, hot), churned, self._waiting_now)  # scored before learning
+        frame = pd.DataFrame(numeric, columns=list(self.feature_names))
+        self.scaler.learn_many(frame)
+        scaled = self.scaler.transform_many(frame)
+        inputs = pd.concat([scaled, pd.DataFrame(hot, columns=list(CELL_NAMES), index=scaled.index)], axis=1)
+        self.regression.learn_many(inputs, pd.Series(churned, index=rows))
+        self.batches_learned += 1
+        self._waiting_x, self._waiting_y, self._waiting_since = [], [], None
+        self._terms = None
+
+    def _logits(self, numeric: np.ndarray, hot: np.ndarray) -> np.ndarray:
+        scaled, cell_weights, intercept = self._terms or self._take_terms()
+        coefficients = np.array([c for _, c, _, _ in scaled])
+        means = np.array([m for _, _, m, _ in scaled])
+        stds = np.array([s for _, _, _, s in scaled])
+        standardised = np.divide(numeric - means, stds, out=np.zeros_like(numeric), where=stds > 0)
+        return standardised @ coefficients + hot @ np.array(cell_weights) + intercept
+
     def compatible_with(self, feature_names: tuple[str, ...]) -> bool:
-        """A checkpoint built for other features (other horizons) cannot be warm-started from."""
-        return self.feature_names == feature_names
+        """A checkpoint built for other features (other horizons) or another layout cannot be warm-started from."""
+        return getattr(self, "layout", 1) == LAYOUT and self.feature_names == feature_names

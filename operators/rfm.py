@@ -55,11 +55,11 @@ class RfmRules:
         ):
             raise ValueError("tier thresholds must not increase from diamond to silver")
 
-    @property
+    @cached_property
     def order_slots(self) -> int:
         return -(-self.horizons_ms[-1] // self.slot_ms)
 
-    @property
+    @cached_property
     def activity_slots(self) -> int:
         return -(-self.activity_ms // self.slot_ms)
 
@@ -201,21 +201,25 @@ def record_click(state: CustomerState, ts: int, session_key: int, is_cart_add: b
     state.last_ts = max(state.last_ts, ts)
 
 
-def _newest_first(ring: array, head: int, size: int, offset: int = 0) -> array:
-    """The ring's slots from the head slot backwards."""
-    at = offset + head % size
-    return ring[at:offset - 1 if offset else None:-1] + ring[offset + size - 1:at:-1]
+def _window_sums(ring: array, head: int, size: int, counts, offset: int = 0) -> tuple:
+    """Sums of the newest `count` slots (the head slot and the ones before it) of a ring of
+    `size` slots starting at `offset`, for each of the ascending `counts`.
 
-
-def _window_sums(newest: array, counts: list[int]) -> tuple:
-    """Sums of the newest `count` slots for each of the ascending `counts`, each window
-    continuing the previous one's running total: the same additions, in the same order, as
-    summing every window from its newest slot (float sums are order-sensitive)."""
+    Summed by contiguous slices, not newest first: float32 slot values are exact in a
+    double and their sums stay exact whatever the order (money amounts span far fewer
+    than the 53 bits of a double), so the order of additions does not show."""
+    end = head % size + 1  # one past the head slot's index
     totals = []
     total = taken = 0
     for count in counts:
         if count > taken:
-            total = sum(newest[taken:count], total)
+            low, high = end - count, end - taken  # the slots taken..count-1 back from the head
+            if low >= 0:
+                total += sum(ring[offset + low:offset + high])
+            elif high <= 0:
+                total += sum(ring[offset + size + low:offset + size + high])
+            else:
+                total += sum(ring[offset:offset + high]) + sum(ring[offset + size + low:offset + size])
             taken = count
         totals.append(total)
     return tuple(totals)
@@ -245,17 +249,17 @@ def rfm_view(state: CustomerState, now: int, rules: RfmRules) -> RfmView:
         orders, spend = (0,) * len(counts), (0.0,) * len(counts)
     else:
         size = rules.order_slots
-        orders = _window_sums(_newest_first(state.orders, head, size), counts)
+        orders = _window_sums(state.orders, head, size, counts)
         # float32 slots: round to cents, and a refund of an order older than the window cannot go below 0
         spend = tuple([round(total, 2) if total > 0 else 0.0
-                       for total in _window_sums(_newest_first(state.spend, head, size), counts)])
+                       for total in _window_sums(state.spend, head, size, counts)])
     visits = carts = 0
     if state.activity is not None:
         size = rules.activity_slots
         count = size - behind
         if count > 0:
-            visits = sum(_newest_first(state.activity, head, size)[:count])
-            carts = sum(_newest_first(state.activity, head, size, offset=size)[:count])
+            (visits,) = _window_sums(state.activity, head, size, (count,))
+            (carts,) = _window_sums(state.activity, head, size, (count,), offset=size)
     return RfmView(
         recency_days=None if state.last_order_ts is None else max(0, now - state.last_order_ts) / DAY_MS,
         frequency=orders[-1],

@@ -1,8 +1,9 @@
 """`shopstream churn train`: pre-train the churn model on a replay of order history.
 
-The history is replayed through the churn flow's own logic (`flows.churn.replay_history`,
-one bucket, event time throughout), so the labels the model learns are exactly the
-ones the live flow would have produced; the model is saved as the next version of
+The history is replayed through the churn flow's own logic (`flows.churn.pretrain`:
+labels only, one customer at a time, taught in the order one bucket replaying it would
+teach them, event time throughout), so the model is exactly the one a replay through
+the flow's logic would have learned; the model is saved as the next version of
 the `churn` checkpoint in SHOPSTREAM_CHURN_MODEL_DIR, which every churn bucket
 without recovered state warm-starts from.
 
@@ -77,9 +78,10 @@ def topic_history(settings: Settings, topics: Iterable[str], timeout_s: float = 
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from flows.churn import CHURN_TOPICS, MODEL_NAME, ChurnConfig, new_model, replay_history
+    from flows.churn import CHURN_TOPICS, MODEL_NAME, ChurnConfig, new_model, pretrain
     from operators.churn_model import ChurnModel
     from state.model_checkpoints import ModelStore
+    from state.snapshots import tune_gc_for_long_lived_state
 
     config = ChurnConfig.from_settings(settings)
     if args.simulate_customers > 0:
@@ -95,17 +97,18 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         source = f"topics {', '.join(settings.topic(t) for t in CHURN_TOPICS)} to their end"
     model = new_model(config) if args.continue_training else ChurnModel(config.rules.rfm.feature_names,
                                                                        config.model_rules)
+    tune_gc_for_long_lived_state()  # millions of records stay in memory: keep the collector off them
     started = time.perf_counter()
-    book = replay_history(records, config, model)
+    run = pretrain(records, config, model)
     elapsed = time.perf_counter() - started
-    version = ModelStore(settings.churn_model_dir).save(MODEL_NAME, book.model, {
+    version = ModelStore(settings.churn_model_dir).save(MODEL_NAME, run.model, {
         "source": source,
         "events": len(records),
-        "labels": book.model.labels_learned,
-        "churned_labels": book.model.churned_learned,
-        "last_event_ts": book.clock.max_event_ms,
+        "labels": run.model.labels_learned,
+        "churned_labels": run.model.churned_learned,
+        "last_event_ts": run.last_event_ts,
     })
     print(f"churn model v{version} saved in {settings.churn_model_dir / MODEL_NAME}: {len(records):,} events "
-          f"replayed in {elapsed:.1f}s, {book.model.labels_learned:,} labels learned "
-          f"({book.model.churned_learned:,} churned), {len(book.customers):,} customers ({source})")
+          f"replayed in {elapsed:.1f}s, {run.model.labels_learned:,} labels learned "
+          f"({run.model.churned_learned:,} churned), {run.customers:,} customers ({source})")
     return 0

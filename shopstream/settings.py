@@ -123,11 +123,13 @@ class Settings:
     churn_slot_days: int = 7
     churn_activity_days: int = 28
     churn_rescore_days: int = 7
-    churn_label_period_days: int = 30
+    churn_label_period_days: int = 90
     churn_tier_monetary: str = "10000,3000,800"
     churn_tier_orders: str = "12,6,2"
     churn_risk_bands: str = "0.4,0.7"
-    churn_learning_rate: str = "0.05"
+    churn_learning_rate: str = "0.2"
+    churn_learn_batch: int = 256
+    churn_learn_wait_days: int = 7
     churn_winback: str = "diamond:percent_off:20:300:14,gold:amount_off:50:300:14"
     churn_currency: str = "CNY"
     churn_emit_features: int = 0
@@ -345,6 +347,8 @@ _SPECS = (
     _Spec("churn_tier_orders", "SHOPSTREAM_CHURN_TIER_ORDERS", str),
     _Spec("churn_risk_bands", "SHOPSTREAM_CHURN_RISK_BANDS", str),
     _Spec("churn_learning_rate", "SHOPSTREAM_CHURN_LEARNING_RATE", str),
+    _Spec("churn_learn_batch", "SHOPSTREAM_CHURN_LEARN_BATCH", int, 1),
+    _Spec("churn_learn_wait_days", "SHOPSTREAM_CHURN_LEARN_WAIT_DAYS", int, 0),
     _Spec("churn_winback", "SHOPSTREAM_CHURN_WINBACK", str),
     _Spec("churn_currency", "SHOPSTREAM_CHURN_CURRENCY", str),
     _Spec("churn_emit_features", "SHOPSTREAM_CHURN_EMIT_FEATURES", int, 0),

@@ -1,18 +1,21 @@
 """Benchmarks of the churn flow's logic on simulated order histories (issue 7's numbers).
 
-    python -m shopstream.benchmarks.churn [all|auc|speed|memory] [--customers 5000] [--runs 3]
+    python -m shopstream.benchmarks.churn [all|auc|speed|memory] [--customers N] [--runs 3]
 
-- auc: a model pre-trained on one population's history (`replay_history`, as
-  `shopstream churn train` does) scores a held-out population (another seed, other
-  customers) at one moment, the churn horizon before the end of its history, without
-  learning from it; the truth is whether each customer paid an order within the
-  horizon after that moment. AUC of the churn score and of recency alone (days since
-  the last paid order), on the same customers; and calibration per risk band.
-- speed: the replay of an order history (orders only, then orders + clickstream)
-  through one `ChurnBook` with learning on, as `churn train` replays it; order events
-  per CPU second (process time: a shared machine's other processes do not count),
-  median of `--runs`, next to a baseline measured in the same run, interleaved run by
-  run, on the same records: decoding them only (`decode_record`), the floor of any replay.
+- auc: a model pre-trained on one population's history (`pretrain`, as `shopstream
+  churn train` does) scores a held-out population (another seed, other customers) at
+  one moment, the churn horizon before the end of its history, without learning from
+  it; the truth is whether each customer paid an order within the horizon after that
+  moment. AUC of the churn score and of recency alone (days since the last paid
+  order), on the same customers; and calibration per risk band (mean calibrated score
+  against the observed churn rate).
+- speed: an order history (orders only, then orders + clickstream) replayed two ways:
+  pre-training (`pretrain`, what `churn train` runs: labels only, the same model as a
+  scoring replay) and a scoring replay through one `ChurnBook` (the flow's logic
+  without the engine: every customer scored at each order and re-scored while quiet).
+  Order events per CPU second (process time: a shared machine's other processes do not
+  count), median of `--runs`, next to a baseline measured in the same run, interleaved
+  run by run, on the same records: decoding them only (`decode_record`).
 - memory: Python heap (tracemalloc) held by the book after replaying a history,
   per tracked customer, and pickled size per customer.
 
@@ -29,12 +32,13 @@ import time
 import tracemalloc
 from bisect import bisect_left, bisect_right
 
-from flows.churn import ChurnConfig, replay_history
+from flows.churn import ChurnConfig, pretrain, replay_history
 from operators.rfm import DAY_MS
 from shopstream.settings import Settings
 from simulators.histories import generate_history
 from simulators.testing import input_records
 from state.inputs import decode_record
+from state.snapshots import tune_gc_for_long_lived_state
 
 NOW_MS = 1_900_000_000_000
 
@@ -58,7 +62,7 @@ def bench_auc(customers: int, days: int) -> None:
     cfg = config()
     horizon = cfg.rules.horizon_ms
     train = generate_history(customers, seed=101, duration_ms=days * DAY_MS, prefix="train")
-    model = replay_history(input_records(train), cfg, now_ms=NOW_MS).model
+    model = pretrain(input_records(train), cfg, now_ms=NOW_MS).model
     held_out = generate_history(customers, seed=202, duration_ms=days * DAY_MS, prefix="test")
     cut = held_out.end_ms - horizon
     seen = [r for r in input_records(held_out) if r.timestamp_ms <= cut]
@@ -89,20 +93,26 @@ def _cpu_seconds(work) -> float:
 
 def bench_speed(customers: int, days: int, runs: int) -> None:
     cfg = config()
+    tune_gc_for_long_lived_state()  # as `shopstream churn train` and every flow process do
     for clicks in (False, True):
         history = generate_history(customers, seed=303, duration_ms=days * DAY_MS, clicks=clicks)
         records = input_records(history)
         orders = sum(1 for r in records if r.topic == "orders")
-        decode_s, replay_s = [], []
-        for _ in range(runs):  # interleaved, so both see the same share of a busy machine
+        decode_s, train_s, score_s = [], [], []
+        for _ in range(runs):  # interleaved, so all see the same share of a busy machine
             decode_s.append(_cpu_seconds(lambda: [decode_record(r) for r in records]))
-            replay_s.append(_cpu_seconds(lambda: replay_history(records, cfg, now_ms=NOW_MS)))
+            train_s.append(_cpu_seconds(lambda: pretrain(records, cfg, now_ms=NOW_MS)))
+            score_s.append(_cpu_seconds(lambda: replay_history(records, cfg, now_ms=NOW_MS)))
         decode = orders / statistics.median(decode_s)
-        replay = orders / statistics.median(replay_s)
         label = "orders + clickstream" if clicks else "orders only"
-        print(f"speed ({label}, {len(records):,} events, {orders:,} order events): replay "
-              f"{replay:,.0f} order events/s ({replay * len(records) / orders:,.0f} events/s); decode-only "
-              f"baseline {decode:,.0f} order events/s; replay/baseline {replay / decode:.3f}")
+        print(f"speed ({label}, {customers:,} customers x {days} days, {len(records):,} events, {orders:,} order "
+              f"events): decode-only baseline {decode:,.0f} order events/s")
+        for name, seconds in (("pre-training replay (churn train)", train_s), ("scoring replay (the flow's book)",
+                                                                                 score_s)):
+            replay = orders / statistics.median(seconds)
+            print(f"speed ({label}): {name} {replay:,.0f} order events/s "
+                  f"({replay * len(records) / orders:,.0f} events/s); replay/baseline {replay / decode:.3f}; "
+                  f"runs {', '.join(f'{orders / s:,.0f}' for s in seconds)}")
 
 
 def bench_memory(customers: int, days: int) -> None:
@@ -128,16 +138,17 @@ def bench_memory(customers: int, days: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("what", nargs="?", default="all", choices=["all", "auc", "speed", "memory"])
-    parser.add_argument("--customers", type=int, default=5_000)
+    parser.add_argument("--customers", type=int, default=None,
+                        help="customers simulated (default: 5,000 for auc and memory, 20,000 for speed)")
     parser.add_argument("--days", type=int, default=730)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
     if args.what in ("all", "auc"):
-        bench_auc(args.customers, args.days)
+        bench_auc(args.customers or 5_000, args.days)
     if args.what in ("all", "speed"):
-        bench_speed(args.customers, args.days, args.runs)
+        bench_speed(args.customers or 20_000, args.days, args.runs)
     if args.what in ("all", "memory"):
-        bench_memory(args.customers, args.days)
+        bench_memory(args.customers or 5_000, args.days)
 
 
 if __name__ == "__main__":

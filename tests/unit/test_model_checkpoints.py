@@ -1,6 +1,6 @@
 """Versioned model checkpoints: next version, latest pointer, rollback, pruning, a river model round trip."""
 
-from operators.churn_model import ChurnModel
+from operators.churn_model import ChurnModel, ModelRules
 from operators.rfm import RfmRules
 from state.model_checkpoints import ModelStore
 
@@ -19,14 +19,17 @@ def test_versions_grow_and_latest_follows(tmp_path):
     assert not list(tmp_path.glob("m/.*"))  # no temporary files left behind
 
 
-def test_a_river_model_round_trips_with_its_predictions(tmp_path):
+def test_a_river_model_round_trips_with_its_predictions_and_waiting_labels(tmp_path):
     names = RfmRules().feature_names
-    model = ChurnModel(names)
+    model = ChurnModel(names, ModelRules(batch_size=2))
+    cold = model.score(tuple(0.0 for _ in names))
     x = tuple(float(i % 5) for i in range(len(names)))
-    for label in (True, False, True, True):
-        model.learn(x, label)
+    for label in (True, False, True, True, False):
+        model.learn(x, label, now=0)
     store = ModelStore(tmp_path)
     store.save("churn", model)
     restored = store.load("churn").model
-    assert restored.score(x) == model.score(x) and restored.labels_learned == 4
+    assert restored.score(x) == model.score(x) != cold and restored.labels_learned == 5
+    restored.learn_waiting()  # the fifth label was waiting for its batch, and kept it across the save
+    assert restored.batches_learned == model.batches_learned + 1
     assert restored.compatible_with(names) and not restored.compatible_with(names[:-1])
