@@ -118,6 +118,7 @@ def bench_speed(customers: int, days: int, runs: int) -> None:
 def bench_memory(customers: int, days: int) -> None:
     cfg = config()
     records = input_records(generate_history(customers, seed=404, duration_ms=days * DAY_MS))
+    pretrain(records[:5_000], cfg, now_ms=NOW_MS)  # pandas and river import lazily: not per-customer memory
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from flows.churn import MODEL_NAME, ChurnConfig, build_flow, new_model, parse_winback, replay_history
+from flows.churn import MODEL_NAME, ChurnConfig, build_flow, new_model, parse_winback, pretrain
 from operators.coupons import Coupon
 from operators.rfm import DAY_MS
 from shopstream.settings import ConfigError, Settings
@@ -31,8 +31,8 @@ def pretrained_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     history = generate_history(customers=1200, seed=21, duration_ms=540 * DAY_MS)
     config = config_for(folder)
-    book = replay_history(input_records(history), config, now_ms=NOW_MS)
-    ModelStore(folder).save(MODEL_NAME, book.model, {"labels": book.model.labels_learned})
+    model = pretrain(input_records(history), config, now_ms=NOW_MS).model
+    ModelStore(folder).save(MODEL_NAME, model, {"labels": model.labels_learned})
     return folder
 
 
@@ -115,6 +115,13 @@ def test_warm_start_from_the_latest_checkpoint(pretrained_dir, tmp_path):
     # A checkpoint built for other horizons has other features: not used.
     other = new_model(config_for(pretrained_dir, SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS="28,364"))
     assert other.labels_learned == 0
+
+
+def test_a_checkpoint_of_the_older_model_layout_is_not_warm_started_from(pretrained_dir, tmp_path):
+    old = ModelStore(pretrained_dir).load(MODEL_NAME).model
+    del old.layout  # a model pickled before mini-batch learning has no layout (and a river Pipeline)
+    ModelStore(tmp_path).save(MODEL_NAME, old)
+    assert new_model(config_for(tmp_path)).labels_learned == 0
 
 
 @pytest.mark.parametrize(
