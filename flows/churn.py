@@ -50,7 +50,15 @@ from operators.churn import (
 from operators.churn_model import ChurnModel, ModelRules
 from operators.clock import Clock, from_ms, wall_clock_ms
 from operators.coupons import KINDS, TIERS, Coupon
-from operators.events import ClickEvent, InvalidEvent, OrderEvent, click_values_fast, order_values_fast, parse_event
+from operators.events import (
+    ClickEvent,
+    InvalidEvent,
+    OrderEvent,
+    click_values_fast,
+    event_time,
+    order_values_fast,
+    parse_event,
+)
 from operators.rfm import DAY_MS, RfmRules
 from shopstream.settings import ConfigError, Settings
 from state.coupons import CouponSink
@@ -215,8 +223,11 @@ def churn_record(record: InputRecord, latest_ts_ms: int) -> tuple[int, ChurnInpu
     if topic == "orders":
         status = obj.get("status") if type(obj) is dict else None
         if type(status) is str and status in _IGNORED_STATUSES:
-            ts = obj.get("ts")
-            return (ts, None) if type(ts) is int and 0 <= ts <= latest_ts_ms else None
+            try:
+                ts = event_time(obj)  # the checked reader's rule (a whole-number float is fine)
+            except InvalidEvent:
+                return None
+            return (ts, None) if ts <= latest_ts_ms else None
         values = order_values_fast(obj)
         if values is not None:
             event_id, ts, order_id, user_id, status, _, amount = values[:7]
@@ -304,6 +315,12 @@ def book_for(resumed: "ChurnBook | PickledState | None", config: ChurnConfig, no
     resumed = restored(resumed)
     if resumed is None:
         return ChurnBook(config.rules, new_model(config))
+    resumed.__dict__.setdefault("scoring", True)  # a book snapshotted before pre-training existed
+    if not resumed.model.compatible_with(config.rules.rfm.feature_names):
+        # A model of the older layout (learning one label at a time) cannot go on learning:
+        # the customers, their pending labels and the clock resume, the model restarts.
+        log.warning("recovered churn model has an older layout; replacing it with the latest checkpoint")
+        resumed.model = new_model(config)
     resumed.rules = config.rules
     resumed.model.rules = config.model_rules
     resumed.clock.lateness_ms = config.rules.lateness_ms

@@ -473,10 +473,13 @@ def learn_from_history(rules: ChurnRules, model: ChurnModel, inputs: Iterable[Ch
         by_user.setdefault(event.user_id, []).append(event)
     pop = heapq.heappop
     for user_id, events in by_user.items():
-        events.sort(key=lambda event: (event.ts, event.kind, event.event_id))
+        # A book's inbox orders by (ts, kind, user, event id), then the whole input (ref, amount).
+        events.sort(key=lambda event: (event.ts, event.kind, event.event_id, event.ref, event.amount))
         timers = book.timers = []
         user: CustomerState | None = None
         for event in events + [None]:
+            if event is not None and event.ts > until_ts:
+                event = None  # a book replaying up to `until_ts` has not applied it yet
             limit = until_ts + 1 if event is None else event.ts  # timers of an event's instant run after it
             while timers and timers[0][0] < limit:
                 due = pop(timers)[0]

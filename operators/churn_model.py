@@ -9,9 +9,9 @@ each label to the model when it resolves.
 Learning is in mini-batches (river's `learn_many`: one mean-gradient step per
 batch): one `learn_one` costs ~28 µs, as much as everything else a replayed order
 costs together, while a batch of 256 costs ~5 µs a label. Labels wait in a buffer
-until `batch_size` of them have resolved, or a day of event time has passed since
-the first one (a small shop's model still moves daily); both are decided by the
-order of operations alone, so a replay learns exactly what the live flow learned.
+until `batch_size` of them have resolved, or `max_wait_ms` of event time (a week) has
+passed since the first one (a small shop's model still moves weekly); both are decided
+by the order of operations alone, so a replay learns exactly what the live flow learned.
 
 The regression's probability is then calibrated: every label, before the model
 learns from it, is scored (prequential), and its raw logit and outcome go into
@@ -248,6 +248,12 @@ class ChurnModel:
         self.calibration.learn(self._logits(numeric, hot), churned, self._waiting_now)  # scored before learning
         frame = pd.DataFrame(numeric, columns=list(self.feature_names))
         self.scaler.learn_many(frame)
+        variances = self.scaler.vars
+        for name in self.feature_names:
+            # river computes a batch's variance as E[x^2] - mean^2: a feature constant at a value
+            # not exact in binary comes out a hair below zero, and its square root complex.
+            if variances[name] < 0:
+                variances[name] = 0.0
         scaled = self.scaler.transform_many(frame)
         inputs = pd.concat([scaled, pd.DataFrame(hot, columns=list(CELL_NAMES), index=scaled.index)], axis=1)
         self.regression.learn_many(inputs, pd.Series(churned, index=rows))

@@ -119,7 +119,8 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _event_time(obj: Mapping[str, Any]) -> int:
+def event_time(obj: Mapping[str, Any]) -> int:
+    """The checked reader's event time of a record: field `ts`, whole milliseconds, not negative."""
     return _req_int(obj, "ts", minimum=0)
 
 
@@ -210,7 +211,7 @@ class ClickEvent(_Record):
                 raise InvalidEvent("field 'experiment' must be an object of name -> variant strings")
         return cls(
             event_id=_req_str(obj, "event_id"),
-            ts=_event_time(obj),
+            ts=event_time(obj),
             user_id=_req_str(obj, "user_id"),
             session_id=_req_str(obj, "session_id"),
             type=_req_choice(obj, "type", CLICK_TYPES),
@@ -282,7 +283,7 @@ class OrderEvent(_Record):
             raise InvalidEvent(f"field 'items' must be a list, got {_show(items)}")
         return cls(
             event_id=_req_str(obj, "event_id"),
-            ts=_event_time(obj),
+            ts=event_time(obj),
             order_id=_req_str(obj, "order_id"),
             user_id=_req_str(obj, "user_id"),
             status=_req_choice(obj, "status", ORDER_STATUSES),
@@ -325,7 +326,7 @@ class PaymentEvent(_Record):
     def from_dict(cls, obj: Mapping[str, Any]) -> "PaymentEvent":
         return cls(
             event_id=_req_str(obj, "event_id"),
-            ts=_event_time(obj),
+            ts=event_time(obj),
             payment_id=_req_str(obj, "payment_id"),
             order_id=_req_str(obj, "order_id"),
             user_id=_req_str(obj, "user_id"),
@@ -385,7 +386,7 @@ class InventoryEvent(_Record):
         minimum = None if kind == "adjust" else 0
         return cls(
             event_id=_req_str(obj, "event_id"),
-            ts=_event_time(obj),
+            ts=event_time(obj),
             sku=_req_str(obj, "sku"),
             kind=kind,
             quantity=_req_int(obj, "quantity", minimum=minimum),

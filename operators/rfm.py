@@ -203,15 +203,16 @@ def record_click(state: CustomerState, ts: int, session_key: int, is_cart_add: b
 
 def _window_sums(ring: array, head: int, size: int, counts, offset: int = 0) -> tuple:
     """Sums of the newest `count` slots (the head slot and the ones before it) of a ring of
-    `size` slots starting at `offset`, for each of the ascending `counts`.
+    `size` slots starting at `offset`, for each of the ascending `counts` (at most the whole ring).
 
     Summed by contiguous slices, not newest first: float32 slot values are exact in a
-    double and their sums stay exact whatever the order (money amounts span far fewer
-    than the 53 bits of a double), so the order of additions does not show."""
+    double, so the order of additions can only show in the last bits of a slot holding a
+    refund's leftover, far below the cent every monetary value is rounded to."""
     end = head % size + 1  # one past the head slot's index
     totals = []
     total = taken = 0
     for count in counts:
+        count = min(count, size)
         if count > taken:
             low, high = end - count, end - taken  # the slots taken..count-1 back from the head
             if low >= 0:

@@ -62,7 +62,7 @@ def topic_history(settings: Settings, topics: Iterable[str], timeout_s: float = 
                     value = msg.value()
                     try:
                         ts = int(loads(value)["ts"])
-                    except Exception:  # malformed: decode_record dead-letters it during the replay
+                    except Exception:  # malformed: the replay skips it (intake dead-letters it)
                         ts = msg.timestamp()[1]
                     records.append((ts, InputRecord(topic, msg.partition(), msg.offset(), value,
                                                     msg.timestamp()[1], msg.key())))

@@ -2,11 +2,24 @@
 run, with one worker and with two, and bad input is skipped, not fatal."""
 
 
+import pickle
+from dataclasses import replace
+
 import orjson
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from flows.churn import MODEL_NAME, ChurnConfig, build_flow, new_model, parse_winback, pretrain
+from flows.churn import (
+    MODEL_NAME,
+    ChurnConfig,
+    book_for,
+    build_flow,
+    new_model,
+    parse_winback,
+    pretrain,
+    replay_history,
+    triage_batch,
+)
 from operators.coupons import Coupon
 from operators.rfm import DAY_MS
 from shopstream.settings import ConfigError, Settings
@@ -153,3 +166,18 @@ def test_winback_policy_parses_per_tier():
     assert offers["gold"].kind == "free_shipping" and offers["gold"].min_spend is None
     assert offers["gold"].valid_ms == 7 * DAY_MS
     assert parse_winback("") == {}
+
+
+def test_a_book_snapshotted_by_the_previous_version_resumes_with_a_new_model(records, pretrained_dir):
+    config = config_for(pretrained_dir)
+    book = replay_history(records[:2_000], config, now_ms=NOW_MS)
+    del book.scoring  # what a snapshot of the previous version lacks...
+    del book.model.layout  # ... and its model, which learned one label at a time
+    customers = dict(book.customers)
+    resumed = book_for(pickle.loads(pickle.dumps(book)), config, NOW_MS)
+    assert resumed.scoring and resumed.customers == customers
+    assert resumed.model.compatible_with(config.rules.rfm.feature_names)
+    assert resumed.model.labels_learned == new_model(config).labels_learned > 1000  # the latest checkpoint
+    later = [item for _, batch in triage_batch(records[2_000:2_500], replace(config, buckets=1), NOW_MS)
+             for item in batch.inputs]
+    resumed.add(later, {("orders", 0): NOW_MS}, NOW_MS)  # and it goes on scoring and learning

@@ -81,3 +81,15 @@ def test_calibration_forgets_old_evidence_and_needs_enough_of_it():
     assert calibration.probability(0.0) == 1.0
     calibration.learn(np.zeros(1_000), np.zeros(1_000, dtype=bool), now=30 * DAY_MS)  # a month later
     assert calibration.probability(0.0) < 0.01
+
+
+def test_a_feature_constant_over_a_batch_does_not_break_learning():
+    # river's batch variance of a constant 0.3 comes out a hair below zero; its root was complex.
+    model = ChurnModel(NAMES, ModelRules(batch_size=256))
+    rng = random.Random(9)
+    for step in range(256):
+        x = feature_vector(rng)
+        x[NAMES.index("tenure_days")] = 0.3
+        model.learn(x, step % 3 == 0, now=step)
+    assert model.batches_learned == 1 and min(model.scaler.vars.values()) >= 0
+    assert type(model.score(feature_vector(rng))) is float

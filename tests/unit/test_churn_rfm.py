@@ -1,11 +1,14 @@
 """RFM features and value tiers on hand-built histories (pure logic, no model)."""
 
 import pickle
+import random
+from array import array
 
 import pytest
 
 from operators.rfm import DAY_MS, CustomerState, RfmRules, compact, features, record_click, record_paid, \
     record_refund, rfm_view, tier_of
+from operators.rfm import _window_sums
 
 RULES = RfmRules(horizons_ms=(28 * DAY_MS, 91 * DAY_MS, 364 * DAY_MS), slot_ms=7 * DAY_MS,
                  activity_ms=28 * DAY_MS, tier_monetary=(5000.0, 2000.0, 500.0), tier_orders=(10, 4, 2))
@@ -148,3 +151,14 @@ def test_packed_state_round_trips_every_field():
     compact(state)
     state.pending_ts = state.pending_x = None
     assert len(pack_state(state)) < 150
+
+
+def test_window_sums_equal_a_newest_first_count_of_the_ring():
+    rng = random.Random(12)
+    for _ in range(2_000):
+        size = rng.randint(1, 12)
+        ring = array("H", [rng.randint(0, 9) for _ in range(size)])
+        head = rng.randint(0, 100)
+        counts = sorted(rng.randint(0, size + 5) for _ in range(rng.randint(1, 3)))
+        newest = [ring[(head - back) % size] for back in range(size)]
+        assert _window_sums(ring, head, size, counts) == tuple(sum(newest[:min(c, size)]) for c in counts)
