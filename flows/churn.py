@@ -66,7 +66,7 @@ from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, Outbound
 from state.model_checkpoints import ModelStore
 from state.redis_store import RedisSink, RedisWrite, ReplaceHash
 from state.serde import dumps
-from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
+from state.snapshots import PickledState, collector_paused, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,12 @@ def churn_record(record: InputRecord, latest_ts_ms: int) -> tuple[int, ChurnInpu
     if topic == "orders":
         status = obj.get("status") if type(obj) is dict else None
         if type(status) is str and status in _IGNORED_STATUSES:
-            try:
-                ts = event_time(obj)  # the checked reader's rule (a whole-number float is fine)
-            except InvalidEvent:
-                return None
+            ts = obj.get("ts")
+            if type(ts) is not int or ts < 0:
+                try:
+                    ts = event_time(obj)  # the checked reader's rule (a whole-number float is fine)
+                except InvalidEvent:
+                    return None
             return (ts, None) if ts <= latest_ts_ms else None
         values = order_values_fast(obj)
         if values is not None:
@@ -376,16 +378,17 @@ def pretrain(records: Iterable[InputRecord], config: ChurnConfig, model: ChurnMo
     latest_ts_ms = (wall_clock_ms() if now_ms is None else now_ms) + config.max_event_ahead_ms
     inputs: list[ChurnInput] = []
     last_ts = None
-    for record in records:
-        decoded = churn_record(record, latest_ts_ms)
-        if decoded is None:
-            continue
-        ts, item = decoded
-        last_ts = ts if last_ts is None or ts > last_ts else last_ts
-        if item is not None:
-            inputs.append(item)
-    customers = 0 if last_ts is None else learn_from_history(config.rules, model, inputs, last_ts)
-    model.learn_waiting()
+    with collector_paused():
+        for record in records:
+            decoded = churn_record(record, latest_ts_ms)
+            if decoded is None:
+                continue
+            ts, item = decoded
+            last_ts = ts if last_ts is None or ts > last_ts else last_ts
+            if item is not None:
+                inputs.append(item)
+        customers = 0 if last_ts is None else learn_from_history(config.rules, model, inputs, last_ts)
+        model.learn_waiting()
     return Pretraining(model, customers, last_ts)
 
 

@@ -1,10 +1,11 @@
 """Snapshots of flow state: taken when asked for, restored as the state itself."""
 
+import gc
 from __future__ import annotations
 
 import pickle
 
-from state.snapshots import PickledState, restored
+from state.snapshots import PickledState, collector_paused, restored
 
 
 def test_a_snapshot_is_frozen_when_taken_and_restores_as_the_state():
@@ -20,3 +21,17 @@ def test_restoring_nothing_or_plain_state_passes_it_through():
     assert restored(None) is None
     state = {"a": 1}
     assert restored(state) is state
+
+
+def test_the_collector_is_paused_inside_and_restored_after():
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # a caller's own choice is kept
+    finally:
+        gc.enable()
