@@ -1,8 +1,8 @@
 """Snapshots of flow state: taken when asked for, restored as the state itself."""
 
-import gc
 from __future__ import annotations
 
+import gc
 import pickle
 
 from state.snapshots import PickledState, collector_paused, restored
