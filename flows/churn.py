@@ -321,7 +321,7 @@ def book_for(resumed: "ChurnBook | PickledState | None", config: ChurnConfig, no
     if not resumed.model.compatible_with(config.rules.rfm.feature_names):
         # A model of the older layout (learning one label at a time) cannot go on learning:
         # the customers, their pending labels and the clock resume, the model restarts.
-        log.warning("recovered churn model has an older layout; replacing it with the latest checkpoint")
+        log.warning("recovered churn model has an older layout; starting from the latest checkpoint, or cold")
         resumed.model = new_model(config)
     resumed.rules = config.rules
     resumed.model.rules = config.model_rules
