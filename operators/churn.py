@@ -343,7 +343,8 @@ class ChurnBook:
         """Labels are sampled while the customer is tracked, and stop early enough that the
         last one resolves before compaction."""
         rules = self.rules
-        return self.learning and user.orders_total > 0 and now - user.last_ts < rules.compact_after_ms - rules.horizon_ms
+        open_for_ms = rules.compact_after_ms - rules.horizon_ms
+        return self.learning and user.orders_total > 0 and now - user.last_ts < open_for_ms
 
     def _keep_quiet_ms(self, user: CustomerState) -> int:
         """How long a quiet customer keeps its windows: a buyer until every window is empty;

@@ -28,6 +28,10 @@ DEMO_WINDOW_S = 5
 DEMO_LATENESS_S = 2
 DEMO_COUPON_ABANDON_S = 20  # carts abandoned after 20 s, not 30 min: coupons show up during the demo
 DEMO_RATE = 300  # events per second of live traffic
+# The six minutes before 20:00 go out flat out first: shoppers are mid-session when the
+# live part starts, so orders, payments and GMV show from the first windows (a shop that
+# opened at the demo's start would take minutes to see its first payment).
+DEMO_PREROLL_MS = 6 * 60_000
 DEMO_BAD_RATE = 0.005  # share of deliberately malformed events
 REFRESH_S = 3.0
 
@@ -52,21 +56,23 @@ def _simulator_command(duration_s: float) -> list[str]:
         "--scenario",
         "normal,card_testing",
         "--start",
-        str(shop_evening_start(time.time())),
+        str(shop_evening_start(time.time()) - DEMO_PREROLL_MS),
+        "--preroll",
+        f"{DEMO_PREROLL_MS // 1000}s",
         "--speed",
         "1",
         "--rate",
         str(DEMO_RATE),
         "--duration",
-        f"{int(duration_s) + 60}s",
+        f"{DEMO_PREROLL_MS // 1000 + int(duration_s) + 60}s",
         "--bad-rate",
         str(DEMO_BAD_RATE),
         "--seed",
         "11",
-        # Sessions per day scale with the population: ten million shoppers give a few
-        # hundred events per second in the evening; the rate cap keeps it there.
+        # Sessions per day scale with the population: four million shoppers give about 300
+        # events per second at 20:00 once sessions are in flight; the rate cap keeps it there.
         "--shoppers",
-        "10000000",
+        "4000000",
     ]
 
 

@@ -30,9 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speed", type=float, default=0.0,
                         help="event-time seconds per wall second: 1 = live, 1440 = a day a minute; "
                              "0 = no time pacing (default). With --rate, both limits apply")
+    parser.add_argument("--preroll", default=None,
+                        help="event time at the start sent flat out before pacing begins, so a live run "
+                             "starts with shoppers mid-session: e.g. 10m (default none)")
     parser.add_argument("--shoppers", type=int, default=50_000,
                         help="population size; a normal day brings ~0.4 visits and ~2.5 events per shopper "
-                             "(so live at --speed 1, 10,000,000 shoppers give ~300 events/s in the evening) "
+                             "(so live at --speed 1, ~4,000,000 shoppers give ~300 events/s at 20:00 "
+                             "with sessions in flight) "
                              "(default 50000)")
     parser.add_argument("--bad-rate", type=float, default=0.0,
                         help="share of events followed by a malformed copy, for dead-letter tests (default 0)")
@@ -46,6 +50,9 @@ def run(args: argparse.Namespace, settings: Settings, producer: Producer | None 
         scenarios = parse_scenarios(args.scenario)
         duration_ms = parse_duration(args.duration)
         start_ms = parse_start(args.start)
+        preroll_ms = parse_duration(args.preroll) if args.preroll else 0
+        if preroll_ms >= duration_ms:
+            raise ValueError("--preroll must be shorter than --duration")
         if args.rate < 0 or args.speed < 0:
             raise ValueError("--rate and --speed must be >= 0")
         if args.shoppers < 1:
@@ -77,7 +84,9 @@ def run(args: argparse.Namespace, settings: Settings, producer: Producer | None 
         print(f"simulate: {stats.line()}", flush=True)
 
     try:
-        stats = send(sim, producer, Pacer(args.rate, args.speed, start_ms), args.max_events, progress)
+        live_from_ms = start_ms + preroll_ms
+        pacer = Pacer(args.rate, args.speed, live_from_ms, live_from_ms if preroll_ms else None)
+        stats = send(sim, producer, pacer, args.max_events, progress)
     finally:
         if truth:
             truth.close()

@@ -3,6 +3,8 @@
 Pacing has two independent limits, both optional: `rate` (events per wall second)
 and `speed` (event-time seconds per wall second: 1 is live, 1440 plays a day in a
 minute). With both, an event waits until both allow it. With neither, flat out.
+Events before `live_from_ms` (a pre-roll) go out flat out and count towards neither
+limit: a live run then starts with shoppers already mid-session, as a real shop does.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ class Producer(Protocol):
 class Pacer:
     rate: float = 0.0
     speed: float = 0.0
-    start_ms: int = 0  # the event time that maps to the first event's wall instant
+    start_ms: int = 0  # the event time that maps to the first paced event's wall instant
+    live_from_ms: int | None = None  # events before this are the pre-roll: not paced
     _wall_start: float | None = None
+    _prerolled: int = 0  # pre-roll events seen: the rate limit counts from the first paced event
 
     @property
     def paced(self) -> bool:
@@ -34,11 +38,14 @@ class Pacer:
 
     def wait(self, sent: int, ts: int) -> None:
         """Sleep until the `sent`-th event (0-based) at event time `ts` is due."""
+        if self.live_from_ms is not None and ts < self.live_from_ms:
+            self._prerolled += 1
+            return
         if self._wall_start is None:
             self._wall_start = time.monotonic()
         due = 0.0
         if self.rate > 0:
-            due = sent / self.rate
+            due = (sent - self._prerolled) / self.rate
         if self.speed > 0:
             due = max(due, (ts - self.start_ms) / 1000.0 / self.speed)
         delay = self._wall_start + due - time.monotonic()

@@ -51,6 +51,18 @@ def test_demo_traffic_starts_at_the_latest_evening_peak_in_china():
     assert start_for("2026-11-21T11:59:00") == "2026-11-20T12:00:00+00:00"
 
 
+def test_demo_traffic_prerolls_the_minutes_before_the_evening_peak(monkeypatch):
+    from shopstream import demo
+
+    monkeypatch.setattr(demo.time, "time", lambda: 1_700_000_000.0)
+    command = demo._simulator_command(90)
+    option = dict(zip(command[4::2], command[5::2]))  # after `python -m shopstream.cli simulate`
+    evening = demo.shop_evening_start(1_700_000_000.0)
+    assert int(option["--start"]) == evening - demo.DEMO_PREROLL_MS
+    assert option["--preroll"] == f"{demo.DEMO_PREROLL_MS // 1000}s"
+    assert option["--duration"] == f"{demo.DEMO_PREROLL_MS // 1000 + 150}s"  # the pre-roll, the run, a margin
+
+
 def test_bench_points_flows_with_their_own_benchmark_to_it(capsys):
     assert main(["bench", "alerts"]) == 2
     assert "python -m shopstream.benchmarks.alerts" in capsys.readouterr().err

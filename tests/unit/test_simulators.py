@@ -600,3 +600,20 @@ def test_pacer_holds_events_to_the_rate_and_the_event_clock(monkeypatch):
     assert slept[-1] == pytest.approx(0.5)
     pacer.wait(51, 120_000)  # two event-time minutes at 60x are due two seconds in
     assert clock[0] == pytest.approx(102.0)
+
+
+def test_a_preroll_goes_out_flat_out_and_pacing_starts_after_it(monkeypatch):
+    clock = [100.0]
+    slept = []
+    monkeypatch.setattr("simulators.produce.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("simulators.produce.time.sleep", lambda s: (slept.append(s), clock.__setitem__(0, clock[0] + s)))
+    pacer = Pacer(rate=100.0, speed=1.0, start_ms=600_000, live_from_ms=600_000)
+    for sent, ts in enumerate(range(0, 600_000, 1_000)):  # ten minutes of pre-roll, 600 events
+        pacer.wait(sent, ts)
+    assert slept == []  # neither the event clock nor the rate held any of them
+    pacer.wait(600, 600_000)  # the first live event goes at once...
+    assert slept == []
+    pacer.wait(650, 600_000)  # ... and the rate counts from it: the 50th live event is half a second in
+    assert slept[-1] == pytest.approx(0.5)
+    pacer.wait(651, 602_000)  # two event-time seconds after the pre-roll, live
+    assert clock[0] == pytest.approx(102.0)
