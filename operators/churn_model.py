@@ -237,12 +237,7 @@ class ChurnModel:
             return
         numeric = np.array(self._waiting_x, dtype=np.float64)
         churned = np.array(self._waiting_y, dtype=bool)
-        recency_at, gap_ratio_at, orders_at = self._cells
-        recency_cells = np.searchsorted(_RECENCY_EDGES, numeric[:, recency_at], side="right")
-        pace_cells = (recency_cells * _PACE_CELLS
-                      + np.searchsorted(_GAP_RATIO_EDGES, numeric[:, gap_ratio_at], side="right"))
-        orders_cells = (_ORDERS_CELLS_AT + recency_cells * _ORDER_CELLS
-                        + np.searchsorted(_ORDERS_EDGES, numeric[:, orders_at], side="right"))
+        pace_cells, orders_cells = zip(*map(self.cells, self._waiting_x))  # the cells scoring uses
         rows = np.arange(len(numeric))
         hot = np.zeros((len(numeric), len(CELL_NAMES)))
         hot[rows, pace_cells] = hot[rows, orders_cells] = 1.0
