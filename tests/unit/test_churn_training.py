@@ -16,7 +16,7 @@ from shopstream.settings import Settings
 from simulators.histories import generate_history
 from simulators.testing import input_records
 from state.kafka import InputRecord
-from tests.unit.test_stock_speed import ODD_VALUES
+from tests.unit.test_stock_speed import ODD_VALUES, field_mutations
 
 NOW_MS = 1_900_000_000_000
 LATEST_MS = NOW_MS + 10_000
@@ -92,11 +92,7 @@ def test_the_churn_decoder_reads_every_record_as_the_checked_reader_does(history
     odd = ODD_VALUES + ["paid", "refunded", "add_to_cart", "page_view"]
     cases = 0
     for topic, obj in rnd.sample(history_objects, 400):
-        variants = [obj]
-        for _ in range(20):
-            mutated = dict(obj)
-            mutated[rnd.choice([*obj, "status", "type", "shipping_fee"])] = rnd.choice(odd)
-            variants.append(mutated)
+        variants = field_mutations(rnd, obj, [*obj, "status", "type", "shipping_fee"], odd, count=20)
         for variant in variants:
             try:
                 raw = orjson.dumps(variant)

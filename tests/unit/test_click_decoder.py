@@ -10,7 +10,7 @@ from operators.events import ClickEvent
 from simulators import generate
 from simulators.testing import input_records
 from simulators.timeline import HOUR
-from tests.unit.test_stock_speed import ODD_VALUES, outcome
+from tests.unit.test_stock_speed import ODD_VALUES, field_mutations, outcome
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +26,7 @@ def test_the_fast_click_decoder_gives_the_checked_readers_record_or_error(clicks
     odd = ODD_VALUES + ["add_to_cart", "shipping_quote", {"exp": "a"}, {"exp": 1}, {1: "a"}]
     cases = 0
     for obj in rnd.sample(clicks, min(400, len(clicks))):
-        variants = [obj]
-        for _ in range(25):
-            mutated = dict(obj)
-            name = rnd.choice(fields)
-            value = rnd.choice(odd)
-            if value is None and rnd.random() < 0.5:
-                mutated.pop(name, None)
-            else:
-                mutated[name] = value
-            variants.append(mutated)
+        variants = field_mutations(rnd, obj, fields, odd)
         for variant in variants:
             assert outcome(ClickEvent.from_dict, variant) == outcome(ClickEvent._from_dict_checked, variant), variant
             cases += 1

@@ -18,6 +18,22 @@ ODD_VALUES = [None, "", "x", "spot", "presale", "created", "adjust", 0, -1, 1, 2
               1.0, 1.5, -0.0, float("nan"), float("inf"), True, False, [], {}]
 
 
+def field_mutations(rnd, obj: dict, names, odd=ODD_VALUES, count: int = 25) -> list[dict]:
+    """`obj`, then `count` copies of it with one of `names` set to an odd value (a None
+    sometimes removes the field instead): inputs for a fast decoder's equality tests."""
+    variants = [obj]
+    for _ in range(count):
+        mutated = dict(obj)
+        name = rnd.choice(names)
+        value = rnd.choice(odd)
+        if value is None and rnd.random() < 0.5:
+            mutated.pop(name, None)
+        else:
+            mutated[name] = value
+        variants.append(mutated)
+    return variants
+
+
 def outcome(parse, obj):
     try:
         record = parse(obj)
@@ -40,20 +56,13 @@ def test_the_fast_decoder_gives_the_checked_readers_record_or_error(stock_events
     cases = 0
     for topic, obj in rnd.sample(stock_events, min(400, len(stock_events))):
         record = OrderEvent if topic == "orders" else InventoryEvent
-        variants = [obj]
-        for _ in range(25):
-            mutated = dict(obj)
-            name = rnd.choice([*obj, "pool", "safety_stock", "warehouse", "currency", "shipping_fee", "coupon_code"])
-            value = rnd.choice(ODD_VALUES)
-            if value is None and rnd.random() < 0.5:
-                mutated.pop(name, None)
-            else:
-                mutated[name] = value
+        variants = field_mutations(
+            rnd, obj, [*obj, "pool", "safety_stock", "warehouse", "currency", "shipping_fee", "coupon_code"])
+        for mutated in variants[1:]:
             if isinstance(mutated.get("items"), list) and mutated["items"] and rnd.random() < 0.5:
                 item = dict(mutated["items"][0], **{rnd.choice(["sku", "quantity", "unit_price", "pool"]):
                                                     rnd.choice(ODD_VALUES)})
                 mutated["items"] = [item, *mutated["items"][1:]]
-            variants.append(mutated)
         for variant in variants:
             assert outcome(record.from_dict, variant) == outcome(record._from_dict_checked, variant), variant
             cases += 1
