@@ -49,6 +49,7 @@ from operators.alert_router import (
     ActiveAlert,
     AlertMessage,
     AlertRouter,
+    GroupKeys,
     RouterConfig,
     RouterOutput,
     StreamTick,
@@ -66,6 +67,7 @@ from state.redis_store import (
     RedisSink,
     RedisWrite,
     SetHashField,
+    SetValue,
     StreamAddOnce,
 )
 from state.serde import dumps, loads
@@ -80,6 +82,11 @@ STREAM_KEY = "stream:alerts"
 
 def ack_key(dedup_key: str) -> str:
     return f"alerts:ack:{dedup_key}"
+
+
+def group_key(rule: str) -> str:
+    """Every key of the rule's latest grouped message (README: Alert storms)."""
+    return f"alerts:group:{rule}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,9 @@ class AlertsConfig:
                 escalate_after_ms=settings.alert_escalate_s * 1000,
                 warning_limit_ms=settings.alert_warning_limit_s * 1000,
                 reminder_ms=settings.alert_reminder_s * 1000,
+                group_wait_ms=settings.alert_group_wait_s * 1000,
+                group_interval_ms=settings.alert_group_interval_s * 1000,
+                rule_max_per_min=settings.alert_rule_max_per_min,
             ),
             traffic=TrafficDropConfig(drop_ratio=settings.alert_traffic_drop_pct / 100),
             lag=LagConfig(
@@ -130,6 +140,8 @@ def decode_batch(records: list[InputRecord]) -> list[Decoded]:
     bug to log, never a reason to stop paging."""
     out: list[Decoded] = []
     for record in records:
+        if not isinstance(record, InputRecord):
+            continue  # a source's partition report: this router's clock follows event times only
         try:
             obj = loads(record.value)
             if record.topic == CANDIDATES_TOPIC:
@@ -199,6 +211,8 @@ def router_outputs(item: RouterOutput, config: AlertsConfig) -> tuple[list[Outbo
         return [], [SetHashField(ACTIVE_KEY, item.dedup_key, dumps(item.alert.to_dict()))]
     if isinstance(item, AckCleared):
         return [], [DeleteUnlessNewer(ack_key(item.dedup_key), "first_seen_ts", item.first_seen_ts)]
+    if isinstance(item, GroupKeys):
+        return [], [SetValue(group_key(item.rule), dumps(item.to_dict()), config.stream_dedupe_ttl_s)]
     raise TypeError(f"unexpected router output {item!r}")
 
 

@@ -1,6 +1,7 @@
 """churn: customer value tiers (RFM), churn risk and win-back offers.
 
-Reads `orders` and `clickstream` (keyed by user). Customers are hashed into a fixed
+Reads `orders`, `clickstream` and `traffic-flags` (brushing flags take their orders back out
+of the RFM values, see `_flag_record`), all keyed by user or flag. Customers are hashed into a fixed
 number of buckets, one `ChurnBook` per bucket (customers, timers, its own river
 model); every input batch reaches every bucket with the batch's latest event time
 per input partition, so each bucket's clock, and with it the timers of quiet
@@ -29,7 +30,6 @@ from datetime import datetime
 from typing import Iterable, NamedTuple
 
 import bytewax.operators as op
-import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
@@ -48,9 +48,10 @@ from operators.churn import (
     learn_from_history,
 )
 from operators.churn_model import ChurnModel, ModelRules
-from operators.clock import Clock, from_ms, wall_clock_ms
+from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_clock_ms
 from operators.coupons import KINDS, TIERS, Coupon
 from operators.events import (
+    MAX_TS_MS,
     ClickEvent,
     InvalidEvent,
     OrderEvent,
@@ -59,34 +60,25 @@ from operators.events import (
     order_values_fast,
     parse_event,
 )
-from operators.rfm import DAY_MS, RfmRules
+from operators.rfm import DAY_MS
+from shopstream.rfm_settings import number_list, rfm_rules_from_settings
 from shopstream.settings import ConfigError, Settings
 from state.coupons import CouponSink
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.model_checkpoints import ModelStore
 from state.redis_store import RedisSink, RedisWrite, ReplaceHash
-from state.serde import dumps
+from state.serde import JSONDecodeError, dumps, loads
 from state.snapshots import PickledState, collector_paused, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
-CHURN_TOPICS = ("orders", "clickstream")
+# traffic-flags: a brushing flag takes its order's value back out of the customer's RFM
+# (as a refund at the order's paid time), so fake orders never lift a tier (issue 22).
+CHURN_TOPICS = ("orders", "clickstream", "traffic-flags")
 MODEL_NAME = "churn"
 
 
 # -- configuration -------------------------------------------------------------------------
-
-
-def _numbers(env: str, text: str, kind: type, count: int | None = None) -> tuple:
-    try:
-        values = tuple(kind(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{env} must be a comma-separated list of {kind.__name__}s, got {text!r}") from None
-    if count is not None and len(values) != count:
-        raise ConfigError(f"{env} needs {count} values, got {text!r}")
-    if any(value < 0 for value in values):
-        raise ConfigError(f"{env} values must not be negative, got {text!r}")
-    return values
 
 
 def parse_winback(text: str) -> dict[str, WinbackOffer]:
@@ -123,43 +115,21 @@ class ChurnConfig:
     @classmethod
     def from_settings(cls, settings: Settings) -> "ChurnConfig":
         s = settings
-        horizons = _numbers("SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS", s.churn_rfm_horizons_days, int)
-        monetary = _numbers("SHOPSTREAM_CHURN_TIER_MONETARY", s.churn_tier_monetary, float, 3)
-        orders = _numbers("SHOPSTREAM_CHURN_TIER_ORDERS", s.churn_tier_orders, int, 3)
-        bands = _numbers("SHOPSTREAM_CHURN_RISK_BANDS", s.churn_risk_bands, float, 2)
-        (rate,) = _numbers("SHOPSTREAM_CHURN_LEARNING_RATE", s.churn_learning_rate, float, 1)
-        if list(horizons) != sorted(set(horizons)) or horizons[0] < s.churn_slot_days:
-            raise ConfigError("SHOPSTREAM_CHURN_RFM_HORIZONS_DAYS must be distinct ascending days, each at least "
-                              f"SHOPSTREAM_CHURN_SLOT_DAYS ({s.churn_slot_days}), got {s.churn_rfm_horizons_days!r}")
-        if s.churn_activity_days < s.churn_slot_days:
-            raise ConfigError(f"SHOPSTREAM_CHURN_ACTIVITY_DAYS must be at least SHOPSTREAM_CHURN_SLOT_DAYS, "
-                              f"got {s.churn_activity_days}")
-        if list(monetary) != sorted(monetary, reverse=True):
-            raise ConfigError(f"SHOPSTREAM_CHURN_TIER_MONETARY must not increase from diamond to silver, "
-                              f"got {s.churn_tier_monetary!r}")
-        if list(orders) != sorted(orders, reverse=True):
-            raise ConfigError(f"SHOPSTREAM_CHURN_TIER_ORDERS must not increase from diamond to silver, "
-                              f"got {s.churn_tier_orders!r}")
-        rfm = RfmRules(
-            horizons_ms=tuple(days * DAY_MS for days in horizons),
-            slot_ms=s.churn_slot_days * DAY_MS,
-            activity_ms=s.churn_activity_days * DAY_MS,
-            tier_monetary=monetary,
-            tier_orders=orders,
-        )
+        bands = number_list("SHOPSTREAM_CHURN_RISK_BANDS", s.churn_risk_bands, float, 2)
+        (rate,) = number_list("SHOPSTREAM_CHURN_LEARNING_RATE", s.churn_learning_rate, float, 1)
+        rfm = rfm_rules_from_settings(s)
         try:
             model_rules = ModelRules(learning_rate=rate, batch_size=s.churn_learn_batch,
-                                     max_wait_ms=s.churn_learn_wait_days * DAY_MS, medium_at=bands[0], high_at=bands[1])
+                                     max_wait_ms=s.churn_learn_wait_days * DAY_MS, medium_at=bands[0], high_at=bands[1],
+                                     horizon_ms=s.churn_horizon_ms)
         except ValueError as err:
             raise ConfigError(f"SHOPSTREAM_CHURN_RISK_BANDS / SHOPSTREAM_CHURN_LEARNING_RATE: {err}") from None
         rules = ChurnRules(
             rfm=rfm,
-            horizon_ms=s.churn_horizon_days * DAY_MS,
-            rescore_ms=s.churn_rescore_days * DAY_MS,
+            horizon_ms=s.churn_horizon_ms,
+            rescore_ms=s.churn_rescore_ms,
             label_period_ms=s.churn_label_period_days * DAY_MS,
             lateness_ms=s.allowed_lateness_s * 1000,
-            idle_source_ms=s.partition_idle_ms,
-            startup_grace_ms=s.startup_grace_ms,
             winback_offers=parse_winback(s.churn_winback),
             currency=s.churn_currency or None,
             emit_features=bool(s.churn_emit_features),
@@ -177,10 +147,10 @@ class ChurnConfig:
 
 
 class ChurnBatch(NamedTuple):
-    """One input batch's events for one bucket, and the batch's latest event time per input partition."""
+    """One input batch's events for one bucket, and the whole batch's progress."""
 
     inputs: list[ChurnInput]
-    progress: dict[tuple[str, int], int]
+    progress: Progress
 
 
 def churn_input(event: OrderEvent | ClickEvent) -> ChurnInput | None:
@@ -216,15 +186,17 @@ def churn_record(record: InputRecord, latest_ts_ms: int) -> tuple[int, ChurnInpu
     if record.value is None:
         return None
     try:
-        obj = orjson.loads(record.value)
-    except orjson.JSONDecodeError:
+        obj = loads(record.value)  # refuses nesting that would crash orjson's parser
+    except JSONDecodeError:
         return None
     topic = record.topic
+    if topic == "traffic-flags":
+        return _flag_record(obj, latest_ts_ms)
     if topic == "orders":
         status = obj.get("status") if type(obj) is dict else None
         if type(status) is str and status in _IGNORED_STATUSES:
             ts = obj.get("ts")
-            if type(ts) is not int or ts < 0:
+            if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
                 try:
                     ts = event_time(obj)  # the checked reader's rule (a whole-number float is fine)
                 except InvalidEvent:
@@ -248,21 +220,37 @@ def churn_record(record: InputRecord, latest_ts_ms: int) -> tuple[int, ChurnInpu
     return event.ts, churn_input(event)
 
 
+def _flag_record(obj, latest_ts_ms: int) -> tuple[int, ChurnInput | None] | None:
+    """A `traffic-flags` message: a flagged paid order (`amount` set) is taken back like a
+    refund at the time it was paid; other flags only move the clock."""
+    if type(obj) is not dict:
+        return None
+    ts = obj.get("ts")
+    if type(ts) is not int or not 0 <= ts <= min(MAX_TS_MS, latest_ts_ms):
+        return None
+    amount, order_id, user_id, flag_id = obj.get("amount"), obj.get("order_id"), obj.get("user_id"), obj.get("flag_id")
+    if (obj.get("kind") != "brushing" or type(amount) not in (int, float) or not 0 <= amount < 1e12
+            or type(order_id) is not str or type(user_id) is not str or type(flag_id) is not str):
+        return ts, None
+    return ts, ChurnInput(ts, REFUNDED, user_id, order_id, float(amount), flag_id)
+
+
 def triage_batch(records: list[InputRecord], config: ChurnConfig, now_ms: int) -> list[tuple[str, ChurnBatch]]:
     """Decode a batch into churn inputs grouped by bucket; every bucket gets an entry."""
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     buckets = config.buckets
     per_bucket: list[list[ChurnInput]] = [[] for _ in range(buckets)]
-    progress: dict[tuple[str, int], int] = {}
+    progress = Progress()
     crc32 = zlib.crc32  # not hash(): a customer must land in the same bucket in every process
     for record in records:
+        if type(record) is PartitionStatus:
+            progress.report(record)
+            continue
         decoded = churn_record(record, latest_ts_ms)
         if decoded is None:
             continue
         ts, item = decoded
-        source = (record.topic, record.partition)
-        if ts > progress.get(source, -1):
-            progress[source] = ts
+        progress.saw((record.topic, record.partition), ts)
         if item is not None:
             per_bucket[crc32(item.user_id.encode()) % buckets].append(item)
     if not progress:
@@ -367,6 +355,7 @@ class Pretraining(NamedTuple):
     model: ChurnModel
     customers: int
     last_event_ts: int | None
+    first_event_ts: int | None = None
 
 
 def pretrain(records: Iterable[InputRecord], config: ChurnConfig, model: ChurnModel | None = None,
@@ -377,7 +366,7 @@ def pretrain(records: Iterable[InputRecord], config: ChurnConfig, model: ChurnMo
     model = model or ChurnModel(config.rules.rfm.feature_names, config.model_rules)
     latest_ts_ms = (wall_clock_ms() if now_ms is None else now_ms) + config.max_event_ahead_ms
     inputs: list[ChurnInput] = []
-    last_ts = None
+    first_ts = last_ts = None
     with collector_paused():
         for record in records:
             decoded = churn_record(record, latest_ts_ms)
@@ -385,11 +374,12 @@ def pretrain(records: Iterable[InputRecord], config: ChurnConfig, model: ChurnMo
                 continue
             ts, item = decoded
             last_ts = ts if last_ts is None or ts > last_ts else last_ts
+            first_ts = ts if first_ts is None or ts < first_ts else first_ts
             if item is not None:
                 inputs.append(item)
         customers = 0 if last_ts is None else learn_from_history(config.rules, model, inputs, last_ts)
         model.learn_waiting()
-    return Pretraining(model, customers, last_ts)
+    return Pretraining(model, customers, last_ts, first_ts)
 
 
 def build_flow(

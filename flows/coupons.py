@@ -6,12 +6,15 @@ every input batch reaches every bucket with the batch's latest event time per
 input partition, so deadlines pass on the stream's event time even for shoppers
 who send nothing more, and by wall clock when all input is quiet.
 
-For each abandoned cart, the offers step reads the shopper's tier (churn flow),
-the stock level of the cart's items (stock flow) and the codes of redeemed
-coupons in one Redis round trip, applies the offer policy, and issues coupons
+Each bucket also keeps its paying shoppers' RFM, so an abandoned cart carries the
+shopper's value tier at its deadline (the churn flow's rules, on event time). For
+each abandoned cart, the offers step reads the stock level of the cart's items
+(stock flow) and the codes of redeemed coupons in one Redis round trip, applies
+the offer policy, and issues coupons
 through the shared issuer (cap, fraud flag, exactly-once `coupon:{id}` and
 `stream:coupons`). Issued coupons go to the `coupons` topic; back-in-stock notes
-to the Redis stream `stream:cart_notes`; per-window recovery counts to `metrics`.
+to the Redis stream `stream:cart_notes`; per-window recovery counts to `metrics` and
+to Redis (`coupons:recovery:latest` and its `:history`, for the dashboard).
 Dead letters are skipped: the intake flow publishes them.
 
 The offers step calls the shared `CouponIssuer` itself instead of ending in a
@@ -38,18 +41,19 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from operators.carts import (
-    CLICK_KINDS, ORDER_CREATED, ORDER_PAID, AbandonedCart, CartBook, CartEvent, CartOutput, CartRules,
+    CLICK_KINDS, ORDER_CREATED, ORDER_PAID, ORDER_REFUNDED, AbandonedCart, CartBook, CartEvent, CartOutput, CartRules,
 )
-from operators.clock import Clock, from_ms, wall_clock_ms
+from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_clock_ms
 from operators.coupon_policy import CouponPolicy, Note, PolicyError, load_policy
 from operators.coupon_recovery import BucketClock, DecisionFact, RecoveryFact, RecoveryWindows, RedemptionFact
 from operators.coupons import Coupon
 from operators.events import ClickEvent, InvalidEvent, OrderEvent
+from shopstream.rfm_settings import rfm_rules_from_settings
 from shopstream.settings import ConfigError, Settings
 from state.cart_offers import OfferPorts, RedisOfferPorts
 from state.coupons import DUPLICATE, ISSUED, TOPIC as COUPONS_TOPIC
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
-from state.redis_store import RedisSink, RedisWrite, StreamAddOnce
+from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest, StreamAddOnce
 from state.serde import decode_event, dumps
 from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
@@ -57,7 +61,7 @@ log = logging.getLogger(__name__)
 
 COUPON_TOPICS = ("clickstream", "orders")
 NOTES_STREAM = "stream:cart_notes"
-_ORDER_RANK = {"created": 1, "paid": 2}
+_ORDER_KINDS = {"created": (1, ORDER_CREATED), "paid": (2, ORDER_PAID), "refunded": (3, ORDER_REFUNDED)}
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,8 @@ class CouponsConfig:
         rules = CartRules(
             abandon_after_ms=settings.coupon_abandon_after_s * 1000,
             lateness_ms=settings.coupon_lateness_ms,
-            idle_source_ms=settings.partition_idle_ms,
-            startup_grace_ms=settings.startup_grace_ms,
             report_every_ms=settings.coupon_metrics_window_s * 1000,
+            rfm=rfm_rules_from_settings(settings),
         )
         return cls(
             max_event_ahead_ms=settings.max_event_ahead_s * 1000,
@@ -91,10 +94,10 @@ class CouponsConfig:
 
 
 class CartBatch(NamedTuple):
-    """One input batch's cart events for one bucket, and the batch's latest event time per input partition."""
+    """One input batch's cart events for one bucket, and the whole batch's progress."""
 
     events: list[CartEvent]
-    progress: dict[tuple[str, int], int]
+    progress: Progress
 
 
 _new_cart_event = tuple.__new__  # CartEvent(...) through NamedTuple's __new__ costs twice as much per click
@@ -104,10 +107,10 @@ def cart_event(event: ClickEvent | OrderEvent) -> CartEvent | None:
     if type(event) is ClickEvent:
         return _new_cart_event(CartEvent, (event.ts, 0, event.event_id, event.user_id, CLICK_KINDS[event.type],
                                            event.sku, event.category, event.price, event.quantity, None, None))
-    rank = _ORDER_RANK.get(event.status)
-    if rank is None:
-        return None  # cancelled and refunded are not the shopper acting
-    kind = ORDER_CREATED if rank == 1 else ORDER_PAID
+    rank_kind = _ORDER_KINDS.get(event.status)
+    if rank_kind is None:
+        return None  # a cancelled order is neither the shopper acting nor value
+    rank, kind = rank_kind
     return CartEvent(event.ts, rank, event.event_id, event.user_id, kind, price=event.amount,
                      coupon_code=event.coupon_code, order_id=event.order_id)
 
@@ -120,9 +123,12 @@ def triage_batch(records: list[InputRecord], config: CouponsConfig, now_ms: int)
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     buckets = config.buckets
     per_bucket: list[list[CartEvent]] = [[] for _ in range(buckets)]
-    progress: dict[tuple[str, int], int] = {}
+    progress = Progress()
     crc32 = zlib.crc32  # not hash(): a shopper must land in the same bucket in every process
     for record in records:
+        if type(record) is PartitionStatus:
+            progress.report(record)
+            continue
         try:
             event = decode_event(record.topic, record.value)
         except InvalidEvent:
@@ -130,9 +136,7 @@ def triage_batch(records: list[InputRecord], config: CouponsConfig, now_ms: int)
         event_type = type(event)
         if (event_type is not ClickEvent and event_type is not OrderEvent) or event.ts > latest_ts_ms:
             continue  # another topic, or stamped too far ahead (a dead letter for intake)
-        source = (record.topic, record.partition)
-        if event.ts > progress.get(source, -1):
-            progress[source] = event.ts
+        progress.saw((record.topic, record.partition), event.ts)
         item = cart_event(event)
         if item is not None:
             per_bucket[crc32(item.user_id.encode()) % buckets].append(item)
@@ -184,7 +188,7 @@ def make_offers(outputs: list[tuple[str, CartOutput]], ports: OfferPorts, config
     carts: list[AbandonedCart] = [cart for _, out in outputs for cart in out.abandoned]
     codes = sorted({r.coupon_code for _, out in outputs for r in out.redemptions})
     lookups = ports.lookup(carts, codes)
-    decisions = [config.policy.decide(cart, lookups.tiers.get(cart.user_id), lookups.out_of_stock) for cart in carts]
+    decisions = [config.policy.decide(cart, cart.tier, lookups.out_of_stock) for cart in carts]
     coupons = [d for d in decisions if type(d) is Coupon]
     outcomes = iter(ports.issue(coupons))
     messages: list[OutboundMessage] = []
@@ -236,6 +240,18 @@ def windows_for(resumed: RecoveryWindows | None, config: CouponsConfig) -> Recov
     return RecoveryWindows(config.rules.report_every_ms, config.buckets)
 
 
+RECOVERY_KEY = "coupons:recovery:latest"
+RECOVERY_HISTORY = 168  # windows kept in `coupons:recovery:latest:history` (a week of hourly windows)
+
+
+def recovery_writes(window: dict) -> list[RedisWrite]:
+    """A recovery window for the dashboard: the latest window and a capped history, like
+    the KPI series (one member per window start, so a replay writes the same)."""
+    payload = dumps(window)
+    return [SetLatest(RECOVERY_KEY, window["window_end"], payload),
+            AddToHistory(f"{RECOVERY_KEY}:history", window["window_start"], payload, RECOVERY_HISTORY)]
+
+
 def build_flow(
     records: Source[InputRecord],
     kafka_sink: Sink[OutboundMessage],
@@ -258,13 +274,15 @@ def build_flow(
         op.map("facts", results, lambda r: ("recovery", r.facts)),
         lambda resumed: _RecoveryLogic(windows_for(resumed, config)),
     )
+    recovery_windows = op.key_rm("unkey", recovery)
     metrics = op.map(
-        "metric_msg", op.key_rm("unkey", recovery),
-        lambda m: OutboundMessage("metrics", m["metric_id"].encode(), dumps(m)),
+        "metric_msg", recovery_windows, lambda m: OutboundMessage("metrics", m["metric_id"].encode(), dumps(m)),
     )
     kafka_out = op.merge("kafka_out", op.flat_map("coupon_msgs", results, lambda r: r.messages), metrics)
     op.output("kafka", kafka_out, kafka_sink)
-    op.output("redis", op.flat_map("note_writes", results, lambda r: r.writes), redis_sink)
+    redis_out = op.merge("redis_out", op.flat_map("note_writes", results, lambda r: r.writes),
+                         op.flat_map("recovery_writes", recovery_windows, recovery_writes))
+    op.output("redis", redis_out, redis_sink)
     return flow
 
 

@@ -37,7 +37,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from operators.clock import Clock, from_ms, wall_clock_ms
+from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_clock_ms
 from operators.events import PaymentEvent
 from operators.fraud_engine import FraudConfig, FraudEngine, FraudOutputs, ModelBundle, ModelCheckpoint
 from operators.fraud_features import DAY_MS
@@ -48,7 +48,7 @@ from state.alert_candidates import candidate_message
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.model_checkpoints import CheckpointSink, ModelStore
-from state.redis_store import DecideOnce, RedisSink, RedisWrite, SetValue
+from state.redis_store import DecideOnce, RedisSink, RedisWrite, SetIfLater
 from state.serde import dumps
 from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
@@ -78,7 +78,7 @@ def fraud_config(settings: Settings) -> FraudConfig:
     return FraudConfig(
         rules=FraudRules(card_test_cards=settings.fraud_card_test_cards,
                          card_test_attempts=settings.fraud_card_test_attempts),
-        label_horizon_ms=settings.fraud_label_horizon_days * DAY_MS,
+        label_horizon_ms=settings.fraud_label_horizon_ms,
         block_good_rate=settings.fraud_block_good_bp / 10_000,
         review_good_rate=settings.fraud_review_good_bp / 10_000,
         history_ms=settings.fraud_history_days * DAY_MS,
@@ -106,16 +106,22 @@ def pseudonym_key(settings: Settings) -> str:
 
 class PaymentBatch(NamedTuple):
     payments: list[PaymentEvent]
+    progress: Progress  # the metric windows close on the stream clock (`operators.clock`)
 
 
 def decode_batch(records: list[InputRecord], max_event_ahead_ms: int, now_ms: int) -> list[tuple[str, PaymentBatch]]:
     latest_ts_ms = now_ms + max_event_ahead_ms
     payments = []
+    progress = Progress()
     for record in records:
+        if type(record) is PartitionStatus:
+            progress.report(record)
+            continue
         event = decode_record(record, latest_ts_ms)
         if type(event) is PaymentEvent:
             payments.append(event)
-    return [("fraud", PaymentBatch(payments))] if payments else []
+            progress.saw((record.topic, record.partition), event.ts)
+    return [("fraud", PaymentBatch(payments, progress))] if progress else []
 
 
 class _FraudLogic(StatefulBatchLogic[PaymentBatch, FraudOutputs, FraudEngine]):
@@ -126,8 +132,8 @@ class _FraudLogic(StatefulBatchLogic[PaymentBatch, FraudOutputs, FraudEngine]):
         self._now_ms = now_ms
 
     def on_batch(self, batches: list[PaymentBatch]):
-        payments = batches[0].payments if len(batches) == 1 else [p for b in batches for p in b.payments]
-        return [self._engine.process(payments, self._now_ms())], self.RETAIN
+        now = self._now_ms()
+        return [self._engine.process(batch.payments, now, batch.progress) for batch in batches], self.RETAIN
 
     def on_notify(self):
         return [self._engine.advance(self._now_ms())], self.RETAIN
@@ -163,8 +169,8 @@ def fraud_outputs(out: FraudOutputs, flag_ttl_s: int) -> tuple[list[RedisWrite],
     if entries:
         writes.append(DecideOnce(tuple(entries), DECISION_TTL_S, READY_TTL_S))
     for flag in out.flags:
-        writes.append(SetValue(f"fraud:flagged:{flag.user_id}", dumps({"reason": flag.reason, "ts": flag.ts}),
-                               flag_ttl_s))
+        writes.append(SetIfLater(f"fraud:flagged:{flag.user_id}", dumps({"reason": flag.reason, "ts": flag.ts}),
+                                 flag.ts, flag_ttl_s))
     messages.extend(OutboundMessage("metrics", b"fraud", dumps(record)) for record in out.metrics)
     messages.extend(candidate_message(candidate) for candidate in out.candidates)
     return writes, messages

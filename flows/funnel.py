@@ -36,7 +36,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from operators.alerts import AlertCandidate
-from operators.clock import Clock, from_ms, wall_clock_ms
+from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_clock_ms
 from operators.events import ClickEvent, OrderEvent, PaymentEvent
 from operators.funnel import (BucketReport, FunnelBucket, FunnelEvent, FunnelRules, click_funnel_event_fast,
                               funnel_event)
@@ -77,8 +77,6 @@ class FunnelConfig:
                 lateness_ms=settings.allowed_lateness_s * 1000,
                 session_timeout_ms=settings.funnel_session_timeout_s * 1000,
                 order_retention_ms=settings.funnel_order_retention_s * 1000,
-                partition_idle_ms=settings.partition_idle_ms,
-                startup_grace_ms=settings.startup_grace_ms,
             ),
             rolling_ms=settings.funnel_rolling_s * 1000,
             buckets=max(settings.funnel_buckets, settings.total_workers),
@@ -101,11 +99,11 @@ class FunnelConfig:
 
 
 class BucketBatch(NamedTuple):
-    """One input batch's funnel events for one bucket, and the batch's latest event time per input partition."""
+    """One input batch's funnel events for one bucket, and the whole batch's progress."""
 
     bucket: str
     events: list[FunnelEvent]
-    progress: dict[tuple[str, int], int]
+    progress: Progress
 
     def __reduce__(self):
         # About half the batches cross to another process. Pickled as themselves, NamedTuple
@@ -117,7 +115,7 @@ class BucketBatch(NamedTuple):
 _as_funnel_event = functools.partial(tuple.__new__, FunnelEvent)  # FunnelEvent._make without its Python frame
 
 
-def _restore_batch(bucket: str, events: list[tuple], progress: dict[tuple[str, int], int]) -> BucketBatch:
+def _restore_batch(bucket: str, events: list[tuple], progress: Progress) -> BucketBatch:
     return BucketBatch(bucket, list(map(_as_funnel_event, events)), progress)
 
 
@@ -138,9 +136,12 @@ def triage_batch(records: list[InputRecord], config: FunnelConfig, now_ms: int) 
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     buckets = config.buckets
     per_bucket: list[list[FunnelEvent]] = [[] for _ in range(buckets)]
-    progress: dict[tuple[str, int], int] = {}
+    progress = Progress()
     crc32 = zlib.crc32  # not hash(): a user must land in the same bucket in every process
     for record in records:
+        if type(record) is PartitionStatus:
+            progress.report(record)
+            continue
         item = _common_click(record)
         if item is not None:
             if item.ts > latest_ts_ms:
@@ -152,9 +153,7 @@ def triage_batch(records: list[InputRecord], config: FunnelConfig, now_ms: int) 
                 continue  # a dead letter (published by intake) or another topic
             ts = event.ts
             item = funnel_event(event)
-        source = (record.topic, record.partition)
-        if ts > progress.get(source, -1):
-            progress[source] = ts
+        progress.saw((record.topic, record.partition), ts)
         if item is not None:
             per_bucket[crc32(item.user_id.encode()) % buckets].append(item)
     if not progress:
@@ -198,8 +197,6 @@ def bucket_for(resumed, config: FunnelConfig, now_ms: int) -> FunnelBucket:
     if resumed is not None and resumed.rules.window_ms == config.rules.window_ms:
         resumed.rules = config.rules
         resumed.clock.lateness_ms = config.rules.lateness_ms
-        resumed.clock.idle_source_ms = config.rules.partition_idle_ms
-        resumed.clock.startup_grace_ms = config.rules.startup_grace_ms
         resumed.resume(now_ms)
         return resumed
     if resumed is not None:

@@ -21,11 +21,11 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from operators.clock import Clock, from_ms, wall_clock_ms
+from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_clock_ms
 from operators.dead_letters import DeadLetter
 from operators.input_counts import InputCount, InputCounter, InputTallies, tally_batch
 from shopstream.settings import INPUT_TOPICS, Settings
-from state.inputs import decode_record
+from state.inputs import DEFAULT_RAW_LIMIT, decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
 from state.serde import dumps
@@ -39,8 +39,7 @@ class IntakeConfig:
     history_length: int
     key_idle_windows: int  # a key that goes quiet keeps reporting zeros this many windows
     max_event_ahead_ms: int  # events stamped further ahead of the wall clock are dead letters
-    partition_idle_ms: int = 500  # a partition silent this long stops holding back event time
-    startup_grace_ms: int = 5_000  # after a start, every partition gets this long to deliver first
+    dead_letter_raw_bytes: int = DEFAULT_RAW_LIMIT  # bytes of a bad input kept in its dead letter
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "IntakeConfig":
@@ -50,8 +49,7 @@ class IntakeConfig:
             history_length=settings.history_length,
             key_idle_windows=max(1, settings.idle_key_report_s // settings.input_window_s),
             max_event_ahead_ms=settings.max_event_ahead_s * 1000,
-            partition_idle_ms=settings.partition_idle_ms,
-            startup_grace_ms=settings.startup_grace_ms,
+            dead_letter_raw_bytes=settings.dead_letter_raw_bytes,
         )
 
 
@@ -95,12 +93,17 @@ class TriagedBatch:
 
 def triage_batch(records: list[InputRecord], config: IntakeConfig, now_ms: int) -> TriagedBatch:
     latest_ts_ms = now_ms + config.max_event_ahead_ms
-    decoded = [decode_record(record, latest_ts_ms) for record in records]
-    progress: dict[tuple[str, int], int] = {}
-    for record, item in zip(records, decoded):
+    progress = Progress()
+    messages = []
+    for record in records:
+        if type(record) is PartitionStatus:
+            progress.report(record)
+        else:
+            messages.append(record)
+    decoded = [decode_record(record, latest_ts_ms, config.dead_letter_raw_bytes) for record in messages]
+    for record, item in zip(messages, decoded):
         if not isinstance(item, DeadLetter):
-            source = (record.topic, record.partition)
-            progress[source] = max(progress.get(source, item.ts), item.ts)
+            progress.saw((record.topic, record.partition), item.ts)
     return TriagedBatch(
         dead_letters=[item for item in decoded if isinstance(item, DeadLetter)],
         tallies=InputTallies(tally_batch(decoded, config.window_ms), progress),
@@ -140,8 +143,6 @@ def counter_for(resumed: InputCounter | None, config: IntakeConfig, now_ms: int)
     if resumed is not None and resumed.window_ms == config.window_ms:
         resumed.lateness_ms = resumed.clock.lateness_ms = config.lateness_ms
         resumed.key_idle_windows = config.key_idle_windows
-        resumed.clock.idle_source_ms = config.partition_idle_ms
-        resumed.clock.startup_grace_ms = config.startup_grace_ms
         resumed.resume(now_ms)
         return resumed
     if resumed is not None:
@@ -151,9 +152,7 @@ def counter_for(resumed: InputCounter | None, config: IntakeConfig, now_ms: int)
             resumed.window_ms,
             config.window_ms,
         )
-    return InputCounter(
-        config.window_ms, config.lateness_ms, config.key_idle_windows, config.partition_idle_ms, config.startup_grace_ms
-    )
+    return InputCounter(config.window_ms, config.lateness_ms, config.key_idle_windows)
 
 
 def build_flow(

@@ -29,7 +29,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from operators.clock import Clock, from_ms, wall_clock_ms
+from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_clock_ms
 from operators.events import InventoryEvent, OrderEvent
 from operators.stock import StockChanges, StockLedger, StockLine, StockRules, inventory_line, order_lines
 from shopstream.settings import Settings
@@ -63,7 +63,6 @@ class StockConfig:
             velocity_window_ms=settings.stock_velocity_window_s * 1000,
             velocity_min_units=settings.stock_velocity_min_units,
             replenish_cover_minutes=float(settings.stock_replenish_cover_min),
-            caught_up_after_ms=settings.stock_caught_up_ms,
         )
         return cls(
             max_event_ahead_ms=settings.max_event_ahead_s * 1000,
@@ -73,10 +72,10 @@ class StockConfig:
 
 
 class StockBatch(NamedTuple):
-    """One input batch's lines for one bucket, and the batch's latest event time per input partition."""
+    """One input batch's lines for one bucket, and the whole batch's progress."""
 
     lines: list[StockLine]
-    progress: dict[tuple[str, int], int]
+    progress: Progress
 
 
 def triage_batch(records: list[InputRecord], config: StockConfig, now_ms: int) -> list[tuple[str, StockBatch]]:
@@ -84,9 +83,12 @@ def triage_batch(records: list[InputRecord], config: StockConfig, now_ms: int) -
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     buckets = config.buckets
     per_bucket: list[list[StockLine]] = [[] for _ in range(buckets)]
-    progress: dict[tuple[str, int], int] = {}
+    progress = Progress()
     crc32 = zlib.crc32  # not hash(): a SKU must land in the same bucket in every process
     for record in records:
+        if type(record) is PartitionStatus:
+            progress.report(record)
+            continue
         event = decode_record(record, latest_ts_ms)
         if type(event) is OrderEvent:
             lines = order_lines(event)
@@ -94,9 +96,7 @@ def triage_batch(records: list[InputRecord], config: StockConfig, now_ms: int) -
             lines = [inventory_line(event)]
         else:
             continue  # a dead letter (published by intake) or another topic
-        source = (record.topic, record.partition)
-        if event.ts > progress.get(source, -1):
-            progress[source] = event.ts
+        progress.saw((record.topic, record.partition), event.ts)
         for line in lines:
             per_bucket[crc32(line.sku.encode()) % buckets].append(line)
     if not progress:
@@ -117,6 +117,10 @@ class _StockLogic(StatefulBatchLogic[StockBatch, StockChanges, StockLedger]):
 
     def on_notify(self):
         return [self._ledger.advance(self._now_ms())], self.RETAIN
+
+    def on_eof(self):
+        # A finite input (a test, a replay from a file) has ended: nothing more is coming.
+        return [self._ledger.flush()], self.RETAIN
 
     def notify_at(self) -> datetime | None:
         wake = self._ledger.next_wake_ms(self._now_ms())

@@ -19,6 +19,17 @@ same ids and the Redis stream keeps each message once.
 Acknowledgements live in Redis (set by on-call); the router asks for them through
 an injected lookup, once per call and only for alerts that have a timer due, since
 an acknowledgement matters only when it would stop an escalation or a reminder.
+
+Storms are grouped the way Alertmanager groups them (`group_by: [rule]`,
+`group_wait`, `group_interval`), on event time: a rule's state changes wait
+`group_wait_ms` after the first one, then at least `group_interval_ms` after the
+rule's previous notification, and go out together. A notification that fits the
+rule's budget (`rule_max_per_min` messages in any minute of event time) is sent as
+the individual messages, unchanged; a larger one becomes a single grouped message
+(`dedup_key` `{rule}:*`, `count` = keys, the top keys in `group`) plus the full
+key list for Redis (`GroupKeys`). `alerts:active` follows every key at once.
+Grouped ids are `{rule}:*@{flush ts}/group`, the flush time derived from event
+times only, so a replay repeats them.
 """
 
 from __future__ import annotations
@@ -31,6 +42,9 @@ from operators.clock import StreamClock
 
 STATUSES = ("firing", "escalated", "resolved")
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+# A reminder due this long (or one interval, if longer) before the wall clock is stale:
+# the router is replaying or catching up, and on-call is not reminded of the past.
+STALE_REMINDER_MS = 5 * 60_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,16 @@ class RouterConfig:
     warning_limit_ms: int = 30 * 60_000  # a warning still open and unacknowledged this long escalates
     reminder_ms: int = 15 * 60_000  # repeat an open, unacknowledged alert this often; 0 = never
     forget_resolved_ms: int = 24 * 3_600_000  # how long a resolved episode shuts out replayed candidates
+    # Storm grouping per rule (Alertmanager's group_wait / group_interval); group_interval_ms 0 = off:
+    # every state change goes out at once.
+    group_wait_ms: int = 0  # a rule's first change waits this long for its siblings
+    group_interval_ms: int = 0  # then at least this long after the rule's previous notification
+    rule_max_per_min: int = 5  # messages per rule in any minute of event time; more keys: one grouped message
+    group_top_keys: int = 10  # keys named in a grouped message (all of them are in `GroupKeys`)
+
+    @property
+    def grouping(self) -> bool:
+        return self.group_interval_ms > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +110,7 @@ class AlertMessage:
     runbook: str | None = None
     reminder: bool = False
     acknowledged: bool = False
+    group: Mapping[str, Any] | None = None  # a grouped message: counts and top keys
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -110,6 +135,8 @@ class AlertMessage:
             out["reminder"] = True
         if self.acknowledged:
             out["acknowledged"] = True
+        if self.group is not None:
+            out["group"] = self.group
         return out
 
 
@@ -129,7 +156,37 @@ class AckCleared:
     first_seen_ts: int
 
 
-RouterOutput = AlertMessage | ActiveAlert | AckCleared
+@dataclass(frozen=True, slots=True)
+class GroupKeys:
+    """Every key of a grouped message, by what happened to it (`alerts:group:{rule}`)."""
+
+    rule: str
+    alert_id: str
+    ts: int
+    open: int  # episodes of the rule open after this notification
+    keys: Mapping[str, tuple[str, ...]]  # "firing" | "escalated" | "resolved" | "reminder" -> keys
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alert_id": self.alert_id, "ts": self.ts, "rule": self.rule, "open": self.open,
+                "count": sum(len(keys) for keys in self.keys.values()),
+                "keys": {change: list(keys) for change, keys in self.keys.items()}}
+
+
+RouterOutput = AlertMessage | ActiveAlert | AckCleared | GroupKeys
+
+GROUP_KEY = "*"  # the `key` of a grouped message: every key of its rule
+_CHANGE_RANK = {"escalated": 0, "firing": 1, "reminder": 2, "resolved": 3}
+_MINUTE_MS = 60_000
+
+
+@dataclass
+class RuleGroup:
+    """One rule's notifications waiting to go out, and when they last did."""
+
+    pending: list[AlertMessage] = field(default_factory=list)
+    flush_at: int | None = None
+    last_flush: int | None = None
+    sent: list[int] = field(default_factory=list)  # flush times of messages sent in the last minute
 
 
 @dataclass
@@ -195,6 +252,20 @@ class AlertRouter:
     clock: StreamClock = field(default_factory=lambda: StreamClock(lateness_ms=0))
     episodes: dict[str, Episode] = field(default_factory=dict)
     resolved_at: dict[str, int] = field(default_factory=dict)  # dedup_key -> ts of its last resolve
+    groups: dict[str, RuleGroup] = field(default_factory=dict)  # rule -> its waiting notifications
+    # Lower bounds (never above the truth) of the earliest episode timer and the oldest
+    # resolve, so a storm of candidates does not rescan every episode per candidate.
+    due_floor: int | None = None
+    resolved_floor: int | None = None
+
+    def __setstate__(self, state: dict) -> None:
+        # Snapshots from before grouping resume; the floors start conservative.
+        state = dict(state)
+        state.setdefault("groups", {})
+        state["due_floor"] = min((d for e in state["episodes"].values() if (d := e.next_due()) is not None),
+                                 default=None)
+        state["resolved_floor"] = min(state["resolved_at"].values(), default=None)
+        self.__dict__.update(state)
 
     def resume(self, now_ms: int) -> None:
         """Restored from a snapshot: the downtime is not quiet input."""
@@ -214,10 +285,10 @@ class AlertRouter:
             return out
         acked = self._read_acks(horizon, acks)
         for item in ordered:
-            self._fire_timers(item.ts, acked, out)
+            self._fire_timers(item.ts, acked, out, now_ms)
             if isinstance(item, AlertCandidate):
                 self._apply(item, out)
-        self._fire_timers(horizon, acked, out)
+        self._fire_timers(horizon, acked, out, now_ms)
         self._forget(horizon)
         return coalesce(out)
 
@@ -227,11 +298,15 @@ class AlertRouter:
 
     def next_wake_ms(self, now_ms: int) -> int | None:
         """Wall-clock ms at which the earliest timer is due if input stays quiet."""
-        due = min((d for e in self.episodes.values() if (d := e.next_due()) is not None), default=None)
-        return None if due is None else self.clock.wall_time_when(due, now_ms)
+        # A group flushes once the clock is past its flush time (`_flush_groups`).
+        dues = [d for d in (self.due_floor, *(g.flush_at + 1 for g in self.groups.values() if g.flush_at is not None))
+                if d is not None]
+        return None if not dues else self.clock.wall_time_when(min(dues), now_ms)
 
     # -- internals -----------------------------------------------------------------------
     def _read_acks(self, horizon: int, acks: AckLookup) -> set[str]:
+        if self.due_floor is None or self.due_floor > horizon:
+            return set()
         due = sorted(k for k, e in self.episodes.items() if (d := e.next_due()) is not None and d <= horizon)
         if not due:
             return set()
@@ -243,11 +318,23 @@ class AlertRouter:
             and (ack.first_seen_ts is None or ack.first_seen_ts == self.episodes[key].first_seen_ts)
         }
 
-    def _fire_timers(self, upto: int, acked: set[str], out: list[RouterOutput]) -> None:
+    def _fire_timers(self, upto: int, acked: set[str], out: list[RouterOutput], now_ms: int | None = None) -> None:
+        """Episode timers due by `upto`, and group flushes before it, in event-time order.
+
+        Escalations are state changes and follow event time alone. A reminder is a repeat
+        for people: one due at event time D goes out only while D is within one reminder
+        interval (at least STALE_REMINDER_MS) of the wall clock (`now_ms`), so a replay or a backlog, whose event time
+        runs hours behind, skips its reminders instead of sending a burst of stale ones;
+        live (event time near wall time) or quiet (the clock then follows the wall clock),
+        they arrive every interval."""
+        if self.due_floor is None or self.due_floor > upto:
+            self._flush_groups(upto, out)
+            return
         due = sorted(
             (d, key) for key, e in self.episodes.items() if (d := e.next_due()) is not None and d <= upto
         )
-        for _, key in due:
+        for due_at, key in due:
+            self._flush_groups(due_at, out)
             episode = self.episodes[key]
             if key in acked:
                 episode.acknowledged = True
@@ -258,7 +345,7 @@ class AlertRouter:
                 escalated_at = episode.escalate_at
                 episode.status = "escalated"
                 episode.last_ts = escalated_at
-                out.append(episode.message("escalated", escalated_at, "escalated"))
+                self._page(episode.message("escalated", escalated_at, "escalated"), out)
                 out.append(ActiveAlert(key, episode.current()))
             if episode.next_reminder_at is not None and episode.next_reminder_at <= upto:
                 interval = self.config.reminder_ms
@@ -266,10 +353,13 @@ class AlertRouter:
                 # A long quiet stretch owes one reminder, not one per missed interval.
                 missed = (upto - due_at) // interval
                 due_at += missed * interval
-                if due_at != escalated_at:
+                stale = now_ms is not None and now_ms - due_at >= max(interval, STALE_REMINDER_MS)
+                if due_at != escalated_at and not stale:
                     number = (due_at - episode.first_seen_ts) // interval
-                    out.append(episode.message(episode.status, due_at, f"reminder-{number}", reminder=True))
+                    self._page(episode.message(episode.status, due_at, f"reminder-{number}", reminder=True), out)
                 episode.next_reminder_at = due_at + interval
+        self.due_floor = min((d for e in self.episodes.values() if (d := e.next_due()) is not None), default=None)
+        self._flush_groups(upto, out)
 
     def _apply(self, candidate: AlertCandidate, out: list[RouterOutput]) -> None:
         key = candidate.dedup_key
@@ -279,11 +369,13 @@ class AlertRouter:
                 return
             del self.episodes[key]
             self.resolved_at[key] = candidate.ts
+            if self.resolved_floor is None or candidate.ts < self.resolved_floor:
+                self.resolved_floor = candidate.ts
             episode.last_ts = candidate.ts
             episode.summary = candidate.summary  # what cleared it, in the detector's words
             if candidate.value is not None:
                 episode.value = candidate.value
-            out.append(episode.message("resolved", candidate.ts, "resolved"))
+            self._page(episode.message("resolved", candidate.ts, "resolved"), out)
             out.append(ActiveAlert(key, None))
             out.append(AckCleared(key, episode.first_seen_ts))
             return
@@ -297,6 +389,7 @@ class AlertRouter:
                 episode.severity = candidate.severity
                 if episode.status == "firing":
                     episode.escalate_at = self._escalation_due(candidate.severity, candidate.ts, episode.escalate_at)
+                    self._note_due(episode.next_due())
             out.append(ActiveAlert(key, episode.current()))
             return
         if candidate.ts <= self.resolved_at.get(key, -1):
@@ -320,7 +413,8 @@ class AlertRouter:
             ),
         )
         self.episodes[key] = episode
-        out.append(episode.message("firing", candidate.ts, "firing"))
+        self._note_due(episode.next_due())
+        self._page(episode.message("firing", candidate.ts, "firing"), out)
         out.append(ActiveAlert(key, episode.current()))
 
     def _escalation_due(self, severity: str, since: int, current: int | None) -> int | None:
@@ -332,10 +426,108 @@ class AlertRouter:
             return current
         return due if current is None else min(current, due)
 
+    def _note_due(self, due: int | None) -> None:
+        if due is not None and (self.due_floor is None or due < self.due_floor):
+            self.due_floor = due
+
     def _forget(self, horizon: int) -> None:
         cutoff = horizon - self.config.forget_resolved_ms
-        if self.resolved_at and min(self.resolved_at.values()) < cutoff:
+        if self.resolved_floor is not None and self.resolved_floor < cutoff:
             self.resolved_at = {k: ts for k, ts in self.resolved_at.items() if ts >= cutoff}
+            self.resolved_floor = min(self.resolved_at.values(), default=None)
+
+    # -- storm grouping ------------------------------------------------------------------
+    def _page(self, message: AlertMessage, out: list[RouterOutput]) -> None:
+        """A state change for on-call: out now, or into its rule's group."""
+        if not self.config.grouping:
+            out.append(message)
+            return
+        group = self.groups.setdefault(message.rule, RuleGroup())
+        group.pending.append(message)
+        if group.flush_at is None:
+            flush_at = message.ts + self.config.group_wait_ms
+            if group.last_flush is not None:
+                flush_at = max(flush_at, group.last_flush + self.config.group_interval_ms)
+            group.flush_at = flush_at
+
+    def _flush_groups(self, before: int, out: list[RouterOutput]) -> None:
+        """Send every group due strictly before `before`: a flush at F holds every change
+        stamped up to F, however the input was batched."""
+        while True:
+            due = min(((g.flush_at, rule) for rule, g in self.groups.items()
+                       if g.flush_at is not None and g.flush_at < before), default=None)
+            if due is None:
+                return
+            self._flush(due[1], due[0], out)
+
+    def _flush(self, rule: str, at: int, out: list[RouterOutput]) -> None:
+        group = self.groups[rule]
+        group.sent = [ts for ts in group.sent if ts > at - _MINUTE_MS]
+        budget = self.config.rule_max_per_min - len(group.sent)
+        if budget <= 0:
+            group.flush_at = group.sent[0] + _MINUTE_MS  # when the oldest leaves the minute
+            return
+        if len(group.pending) <= budget:
+            out.extend(group.pending)
+            group.sent.extend(at for _ in group.pending)
+        else:
+            out.extend(self._grouped(rule, at, group.pending))
+            group.sent.append(at)
+        group.pending = []
+        group.flush_at = None
+        group.last_flush = at
+
+    def _grouped(self, rule: str, at: int, pending: list[AlertMessage]) -> tuple[AlertMessage, GroupKeys]:
+        latest: dict[str, AlertMessage] = {}
+        for message in pending:  # in event-time order: a key's last change is what it is now
+            latest.pop(message.key, None)
+            latest[message.key] = message
+
+        def change(m: AlertMessage) -> str:
+            return "reminder" if m.reminder else m.status
+
+        ranked = sorted(latest.values(), key=lambda m: (-_RANK[m.severity], _CHANGE_RANK[change(m)],
+                                                        m.first_seen_ts, m.key))
+        changes: dict[str, list[str]] = {}
+        for m in ranked:
+            changes.setdefault(change(m), []).append(m.key)
+        ordered = dict(sorted(changes.items(), key=lambda item: _CHANGE_RANK[item[0]]))
+        statuses = {m.status for m in ranked}
+        status = next(s for s in ("escalated", "firing", "resolved") if s in statuses)
+        open_keys = sum(1 for e in self.episodes.values() if e.rule == rule)
+        top = ranked[: self.config.group_top_keys]
+        named = ", ".join(m.key for m in top[:3]) + (f" and {len(ranked) - 3:,} more" if len(ranked) > 3 else "")
+        what = ", ".join(f"{len(keys):,} {name}" for name, keys in ordered.items())
+        alert_id = f"{rule}:{GROUP_KEY}@{at}/group"
+        message = AlertMessage(
+            alert_id=alert_id,
+            ts=at,
+            dedup_key=f"{rule}:{GROUP_KEY}",
+            rule=rule,
+            severity=ranked[0].severity,
+            status=status,
+            key=GROUP_KEY,
+            summary=f"{rule} on {len(ranked):,} keys ({what}): {named}; {open_keys:,} open",
+            first_seen_ts=min(m.first_seen_ts for m in ranked),
+            count=len(ranked),
+            runbook=ranked[0].runbook,
+            reminder=all(m.reminder for m in ranked),
+            group={
+                "keys": len(ranked),
+                "open": open_keys,
+                "changes": {name: len(keys) for name, keys in ordered.items()},
+                "top_keys": [_top_key(m) for m in top],
+            },
+        )
+        return message, GroupKeys(rule, alert_id, at, open_keys, {name: tuple(keys) for name, keys in ordered.items()})
+
+
+def _top_key(message: AlertMessage) -> dict[str, Any]:
+    top: dict[str, Any] = {"key": message.key, "status": message.status, "severity": message.severity,
+                           "first_seen_ts": message.first_seen_ts}
+    if message.value is not None:
+        top["value"] = message.value
+    return top
 
 
 def coalesce(out: list[RouterOutput]) -> list[RouterOutput]:

@@ -18,6 +18,10 @@ Cart rules:
   (ordered) and drops it. `cancelled` and `refunded` are not the shopper acting.
 - a cart is abandoned when no activity comes before its deadline (an event
   stamped exactly at the deadline is too late).
+- the shopper's value tier at the deadline comes from their paid (and refunded)
+  orders up to it, by the RFM rules the churn flow uses (`operators.rfm`). It is
+  kept here, not read from the churn flow's Redis hash, because that hash holds
+  whatever the churn flow had read by the wall time of the decision.
 
 Replay equals live: events are applied in event-time order (ties broken by a
 fixed rank and the event id), only once the stream's watermark has passed them,
@@ -32,12 +36,14 @@ import heapq
 from bisect import bisect_left
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Hashable, NamedTuple
+from typing import NamedTuple
+from zlib import crc32
 
-from operators.clock import StreamClock
+from operators.clock import Progress, StreamClock
+from operators.rfm import CustomerState, RfmRules, record_paid, record_refund, rfm_view, tier_of
 
 # Event kinds, small ints: they ride in every buffered event.
-ADD, REMOVE, CHECKOUT, SHIPPING, VIEW, SEARCH, OTHER_CLICK, ORDER_CREATED, ORDER_PAID = range(9)
+ADD, REMOVE, CHECKOUT, SHIPPING, VIEW, SEARCH, OTHER_CLICK, ORDER_CREATED, ORDER_PAID, ORDER_REFUNDED = range(10)
 CLICK_KINDS = {
     "add_to_cart": ADD,
     "remove_from_cart": REMOVE,
@@ -56,7 +62,7 @@ class CartEvent(NamedTuple):
     """One input event that may matter to a cart. A NamedTuple: one per input event, kept cheap.
 
     Sorted by (ts, rank, event_id): the rank orders events of the same instant the
-    same way in every run (clicks, then orders created, then paid)."""
+    same way in every run (clicks, then orders created, paid, refunded)."""
 
     ts: int
     rank: int
@@ -94,6 +100,7 @@ class AbandonedCart:
     lines: tuple[CartLine, ...]
     stage: str  # cart | checkout | payment
     signal: str  # shipping_fee | comparison | none
+    tier: str = "new"  # the shopper's value tier at the deadline
 
     @property
     def value(self) -> float:
@@ -118,11 +125,10 @@ class Redemption(NamedTuple):
 class CartRules:
     abandon_after_ms: int = 30 * 60_000
     lateness_ms: int = 250
-    idle_source_ms: int = 500  # wall time: an input partition silent this long no longer holds the clock
-    startup_grace_ms: int = 5_000
     comparison_min_views: int = 1  # views of other items in a cart category, or searches, after the last cart change
     max_lines: int = 50  # a bot adding thousands of SKUs must not grow one cart without bound
     report_every_ms: int = 3_600_000  # the recovery metric window: buckets report when their clock crosses one
+    rfm: RfmRules = RfmRules()  # value tiers: the churn flow's rules
 
 
 class _Cart:
@@ -166,13 +172,17 @@ class CartBook:
 
     def __init__(self, rules: CartRules):
         self.rules = rules
-        self.clock = StreamClock(lateness_ms=rules.lateness_ms, idle_source_ms=rules.idle_source_ms,
-                                 startup_grace_ms=rules.startup_grace_ms)
+        self.clock = StreamClock(lateness_ms=rules.lateness_ms)
         self.carts: dict[str, _Cart] = {}
         self.deadlines: list[tuple[int, str]] = []  # (deadline, user_id): at most one entry per open cart
         self.pending: list[CartEvent] = []  # arrived, not yet passed by the watermark
         self.applied_until: int | None = None  # events before this have been applied (the last watermark)
         self.reported_window: int | None = None  # the last recovery window boundary reported
+        self.customers: dict[str, CustomerState] = {}  # shoppers of this bucket who ever paid: their RFM
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("customers", {})  # snapshots from before tiers were kept here
+        self.__dict__.update(state)
 
     # -- configuration across restarts -------------------------------------------------------
     def configure(self, rules: CartRules, now_ms: int) -> None:
@@ -182,17 +192,13 @@ class CartBook:
             heapq.heapify(self.deadlines)
         self.rules = rules
         self.clock.lateness_ms = rules.lateness_ms
-        self.clock.idle_source_ms = rules.idle_source_ms
-        self.clock.startup_grace_ms = rules.startup_grace_ms
         self.clock.resume(now_ms)
 
     # -- input ---------------------------------------------------------------------------------
-    def add(self, events: list[CartEvent], progress: dict[Hashable, int], now_ms: int) -> CartOutput:
-        """One input batch's events for this bucket, and the batch's latest event time per
-        input partition (the whole batch's, so the clock follows the stream, not the bucket)."""
-        clock = self.clock
-        for source, ts in progress.items():
-            clock.observe(ts, now_ms, source)
+    def add(self, events: list[CartEvent], progress: Progress, now_ms: int) -> CartOutput:
+        """One input batch's events for this bucket, and the batch's progress (the whole
+        batch's, so the clock follows the stream, not the bucket)."""
+        self.clock.advance(progress, now_ms)
         if events:
             self.pending.extend(events)
         return self._run(now_ms)
@@ -276,11 +282,24 @@ class CartBook:
             lines=cart.lines,
             stage=STAGES[cart.stage],
             signal=signal,
+            tier=self.tier(cart.user_id, deadline),
         )
+
+    def tier(self, user_id: str, ts: int) -> str:
+        """The shopper's value tier at `ts`, from the orders applied so far (all before `ts`)."""
+        customer = self.customers.get(user_id)
+        if customer is None:
+            return "new"
+        rfm = self.rules.rfm
+        return tier_of(customer, rfm_view(customer, ts, rfm), rfm)
 
     def _apply(self, event: CartEvent, redemptions: list[Redemption]) -> None:
         kind = event.kind
         user_id = event.user_id
+        if kind == ORDER_PAID or kind == ORDER_REFUNDED:
+            self._record_value(event)
+        if kind == ORDER_REFUNDED:
+            return  # not the shopper acting on a cart
         if kind == ORDER_PAID:
             self.carts.pop(user_id, None)  # ordered: the cart is done (its heap entry is skipped)
             if event.coupon_code:
@@ -316,6 +335,16 @@ class CartBook:
             cart.shipping_last = event.price is None or event.price > 0
         elif kind == ORDER_CREATED:
             cart.stage = 2
+
+    def _record_value(self, event: CartEvent) -> None:
+        customer = self.customers.get(event.user_id)
+        amount = event.price or 0.0
+        if event.kind == ORDER_PAID:
+            if customer is None:
+                customer = self.customers[event.user_id] = CustomerState(event.ts)
+            record_paid(customer, event.ts, amount, crc32((event.order_id or event.event_id).encode()), self.rules.rfm)
+        elif customer is not None:  # a refund of an order paid before this bucket's memory is no value to take
+            record_refund(customer, event.ts, amount, self.rules.rfm)
 
     def _add_line(self, cart: _Cart, event: CartEvent) -> None:
         quantity = 1 if event.quantity is None else event.quantity

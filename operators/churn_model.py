@@ -18,6 +18,16 @@ learns from it, is scored (prequential), and its raw logit and outcome go into
 bins with exponential forgetting; pool-adjacent-violators makes the bins' churn
 rates monotone, and a score is the rate interpolated between bin centres. The
 risk bands cut that calibrated probability at configured thresholds.
+
+Beside the regression sits a buy-till-you-die model (BG/NBD, `operators/btyd.py`),
+fitted without labels on the customers seen at their label snapshots (the latest
+`btyd_sample` of them), again every `btyd_refit_ms` of event time. Its log-odds of
+"no purchase within the churn horizon" is one more input of the regression (recency
+means little without the customer's own pace; BG/NBD says it in one number), and it
+*is* the score until the regression has learned `min_labels_per_class` labels of each
+outcome: the first labels to resolve are all active (a churned label takes a whole
+horizon), and a horizon longer than the history resolves no churned label at all;
+a regression taught only one outcome says nobody churns. `trained` tells which it is.
 """
 
 from __future__ import annotations
@@ -30,10 +40,11 @@ import numpy as np
 import pandas as pd
 from river import linear_model, optim, preprocessing
 
+from operators.btyd import BgNbd, CustomerSample, quiet_log_odds
 from operators.rfm import DAY_MS
 
 RISKS = ("low", "medium", "high")
-LAYOUT = 2  # the model's structure; a checkpoint of another layout cannot be warm-started from
+LAYOUT = 3  # the model's structure; a checkpoint of another layout cannot be warm-started from
 
 # Cells of recency x the customer's own pace, one-hot: a linear model on smooth features
 # cannot say "60 quiet days is late for a weekly buyer and early for a quarterly one".
@@ -58,6 +69,10 @@ class ModelRules:
     max_wait_ms: int = 7 * DAY_MS  # ... or fewer, once the oldest waiting label is this old (event time)
     medium_at: float = 0.4  # calibrated probability of churn from which the risk is medium
     high_at: float = 0.7  # ... and high
+    horizon_ms: int = 90 * DAY_MS  # churned = no paid order within this long (BG/NBD's question)
+    btyd_refit_ms: int = 28 * DAY_MS  # BG/NBD is fitted again this often (event time) ...
+    btyd_sample: int = 20_000  # ... on the latest this many label snapshots
+    min_labels_per_class: int = 100  # the regression scores once it learned this many of each outcome
 
     def __post_init__(self) -> None:
         if not 0 < self.medium_at < self.high_at < 1:
@@ -66,6 +81,8 @@ class ModelRules:
             raise ValueError("the learning rate must be positive and l2 not negative")
         if self.batch_size < 1 or self.max_wait_ms < 0:
             raise ValueError("the learning batch needs at least one label and a wait of at least 0 ms")
+        if self.horizon_ms <= 0 or self.btyd_refit_ms <= 0 or self.btyd_sample < 1 or self.min_labels_per_class < 1:
+            raise ValueError("the churn horizon, BG/NBD refit interval and sample, and labels per class must be positive")
 
     def band(self, score: float) -> str:
         if score >= self.high_at:
@@ -154,7 +171,12 @@ class ChurnModel:
     def __init__(self, feature_names: tuple[str, ...], rules: ModelRules = ModelRules()):
         self.layout = LAYOUT
         self.feature_names = feature_names
+        self.input_names = feature_names + ("btyd_quiet",)  # what the regression reads
         self._cells = tuple(feature_names.index(name) for name in ("recency_days", "gap_ratio", "orders_total"))
+        self._btyd_at = tuple(feature_names.index(name) for name in ("orders_total", "recency_days", "order_age_days"))
+        self.btyd: BgNbd | None = None  # the latest fit; None until the first
+        self.btyd_sample = CustomerSample(rules.btyd_sample)
+        self.btyd_fitted_ts: int | None = None
         self.rules = rules
         # Numeric features are standardised; the one-hot cells pass as they are (a scaler
         # would zero them: a sparse feature that is always 1 when present has no variance).
@@ -184,19 +206,74 @@ class ChurnModel:
         the two hot cells, read from the learned state once per batch instead of through
         river's dicts (quiet customers are re-scored on a timer: this is the hot path).
         `test_churn_model` checks it against river."""
-        scaled, cell_weights, intercept = self._terms or self._take_terms()
+        scaled, cell_weights, intercept, (coefficient, mean, std) = self._terms or self._take_terms()
         pace_cell, orders_cell = self.cells(x)
         dot = cell_weights[pace_cell] + cell_weights[orders_cell]
-        for index, coefficient, mean, std in scaled:
-            dot += coefficient * ((x[index] - mean) / std if std else 0.0)
+        for index, weight, feature_mean, feature_std in scaled:
+            dot += weight * ((x[index] - feature_mean) / feature_std if feature_std else 0.0)
+        if std:
+            dot += coefficient * (self.btyd_quiet(x) - mean) / std
         return dot + intercept
 
     def raw_probability(self, x) -> float:
         return _sigmoid(self.logit(x))
 
+    @property
+    def trained(self) -> bool:
+        """The regression has learned enough of both outcomes to score; until then BG/NBD scores."""
+        least = self.rules.min_labels_per_class
+        return self.churned_learned >= least and self.labels_learned - self.churned_learned >= least \
+            and self.batches_learned > 0
+
     def score(self, x) -> float:
-        """Calibrated probability of churn."""
-        return self.calibration.probability(self.logit(x))
+        """Probability of churn: the regression's, calibrated, once `trained`; before, BG/NBD's
+        probability of no purchase within the horizon (0.5 before its first fit)."""
+        if self.trained:
+            return self.calibration.probability(self.logit(x))
+        return _sigmoid(self.btyd_quiet(x))
+
+    # -- buy-till-you-die ----------------------------------------------------------------------
+    def customer_days(self, x) -> tuple[float, float, float] | None:
+        """BG/NBD's view of a feature vector: repeat purchases, days from the first to the last
+        purchase, days since the first; None for a customer who never paid."""
+        orders_at, recency_at, age_at = self._btyd_at
+        orders = round(math.expm1(x[orders_at]))
+        if orders < 1:
+            return None
+        age = math.expm1(x[age_at])
+        span = max(0.0, age - math.expm1(x[recency_at])) if orders > 1 else 0.0
+        return orders - 1.0, span, age
+
+    def btyd_quiet(self, x) -> float:
+        """BG/NBD's log-odds of no purchase within the horizon; 0 without a fit or a paid order."""
+        if self.btyd is None:
+            return 0.0
+        days = self.customer_days(x)
+        if days is None:
+            return 0.0
+        return quiet_log_odds(self.btyd, *days, self.rules.horizon_ms / DAY_MS)
+
+    def p_alive(self, x) -> float | None:
+        days = None if self.btyd is None else self.customer_days(x)
+        return None if days is None else float(self.btyd.p_alive(*days))
+
+    def observe(self, x, now: int) -> None:
+        """A customer at a label snapshot (event time `now`): into the BG/NBD sample; BG/NBD is
+        fitted again when `btyd_refit_ms` has passed since the last fit."""
+        days = self.customer_days(x)
+        if days is None:
+            return
+        self.btyd_sample.add(*days)
+        if self.btyd_fitted_ts is None:
+            self.btyd_fitted_ts = now  # the first fit waits one interval: a sample of the first day is thin
+        elif now - self.btyd_fitted_ts >= self.rules.btyd_refit_ms:
+            self.btyd_fitted_ts = now
+            try:
+                x, span, age, customers = self.btyd_sample.rows()
+                self.btyd = BgNbd.fit(x, span, age, customers, start=self.btyd)
+            except ValueError:
+                return  # not a usable sample (cannot happen from customer_days): keep the last fit
+            self._terms = None
 
     def _take_terms(self) -> tuple:
         # Plain floats: river's mini-batch updates leave numpy scalars, slower to compute with and not JSON.
@@ -208,7 +285,10 @@ class ChurnModel:
             for index, name in enumerate(self.feature_names)
         )
         cells = tuple(float(weight(name, 0.0)) for name in CELL_NAMES)
-        self._terms = (scaled, cells, float(self.regression.intercept))
+        btyd = self.input_names[-1]
+        btyd_terms = (float(weight(btyd, 0.0)), float(scaler.means.get(btyd, 0.0)),
+                      float(max(scaler.vars.get(btyd, 0.0), 0.0)) ** 0.5)
+        self._terms = (scaled, cells, float(self.regression.intercept), btyd_terms)
         return self._terms
 
     def __getstate__(self) -> dict:
@@ -235,17 +315,17 @@ class ChurnModel:
         """Learn from every waiting label now (also at the end of a replay, before a checkpoint)."""
         if not self._waiting_y:
             return
-        numeric = np.array(self._waiting_x, dtype=np.float64)
+        numeric = np.array([(*x, self.btyd_quiet(x)) for x in self._waiting_x], dtype=np.float64)
         churned = np.array(self._waiting_y, dtype=bool)
         pace_cells, orders_cells = zip(*map(self.cells, self._waiting_x))  # the cells scoring uses
         rows = np.arange(len(numeric))
         hot = np.zeros((len(numeric), len(CELL_NAMES)))
         hot[rows, pace_cells] = hot[rows, orders_cells] = 1.0
         self.calibration.learn(self._logits(numeric, hot), churned, self._waiting_now)  # scored before learning
-        frame = pd.DataFrame(numeric, columns=list(self.feature_names))
+        frame = pd.DataFrame(numeric, columns=list(self.input_names))
         self.scaler.learn_many(frame)
         variances = self.scaler.vars
-        for name in self.feature_names:
+        for name in self.input_names:
             # river computes a batch's variance as E[x^2] - mean^2: a feature constant at a value
             # not exact in binary comes out a hair below zero, and its square root complex.
             if variances[name] < 0:
@@ -258,10 +338,10 @@ class ChurnModel:
         self._terms = None
 
     def _logits(self, numeric: np.ndarray, hot: np.ndarray) -> np.ndarray:
-        scaled, cell_weights, intercept = self._terms or self._take_terms()
-        coefficients = np.array([c for _, c, _, _ in scaled])
-        means = np.array([m for _, _, m, _ in scaled])
-        stds = np.array([s for _, _, _, s in scaled])
+        scaled, cell_weights, intercept, btyd_terms = self._terms or self._take_terms()
+        coefficients = np.array([c for _, c, _, _ in scaled] + [btyd_terms[0]])
+        means = np.array([m for _, _, m, _ in scaled] + [btyd_terms[1]])
+        stds = np.array([s for _, _, _, s in scaled] + [btyd_terms[2]])
         standardised = np.divide(numeric - means, stds, out=np.zeros_like(numeric), where=stds > 0)
         return standardised @ coefficients + hot @ np.array(cell_weights) + intercept
 

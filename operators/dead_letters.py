@@ -12,8 +12,11 @@ class DeadLetter:
     partition: int
     offset: int
     error: str
-    raw: str
+    raw: str  # the original value, or its first bytes when `raw_truncated`
     raw_encoding: str = "utf-8"  # "base64" when the value was not valid UTF-8
+    raw_truncated: bool = False  # `raw` holds only the first SHOPSTREAM_DEAD_LETTER_RAW_BYTES of the value
+    raw_length: int | None = None  # bytes in the whole original value
+    raw_sha256: str | None = None  # hex SHA-256 of the whole original value
 
     @property
     def dead_letter_id(self) -> str:
@@ -32,4 +35,9 @@ class DeadLetter:
         }
         if self.raw_encoding != "utf-8":
             out["raw_encoding"] = self.raw_encoding
+        out["raw_truncated"] = self.raw_truncated
+        if self.raw_length is not None:
+            out["raw_length"] = self.raw_length
+        if self.raw_sha256 is not None:
+            out["raw_sha256"] = self.raw_sha256
         return out

@@ -1,4 +1,4 @@
-"""The four input records of CONTRACT.md as typed, immutable, validated records.
+"""The input records of CONTRACT.md (and the `prices` topic of issue 23) as typed, immutable, validated records.
 
 `parse_event(topic, obj)` turns a decoded JSON object into a record or raises
 `InvalidEvent` with a reason short enough for a dead letter. Unknown extra fields
@@ -7,7 +7,7 @@ are ignored. JSON itself is handled in `state.serde`; this module never sees byt
 
 from __future__ import annotations
 
-import math
+import reprlib
 from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping
@@ -23,11 +23,28 @@ CLICK_TYPES = frozenset(
         "shipping_quote",
     }
 )
-ORDER_STATUSES = frozenset({"created", "paid", "cancelled", "refunded"})
+ORDER_STATUSES = frozenset({"created", "paid", "cancelled", "refund_requested", "refunded"})
 PAYMENT_STATUSES = frozenset({"requested", "succeeded", "failed", "chargeback"})
 INVENTORY_KINDS = frozenset({"set", "restock", "adjust"})
 STOCK_POOLS = frozenset({"spot", "presale"})
 DEFAULT_CURRENCY = "CNY"
+
+# -- what a number in an input can mean ---------------------------------------
+# Anything outside these bounds is a dead letter with the reason, so no flow ever does
+# arithmetic on (or encodes) a number the contract cannot mean: sums of bounded values
+# stay far inside 64-bit integers and finite floats. Documented in the README (intake).
+MAX_QUANTITY = 1_000_000_000  # |units| of a click, an order item, an inventory event, safety_stock
+MAX_MONEY = 1e12  # amount, price, unit_price, shipping_fee: finite, 0 <= value <= this
+MAX_SIGNAL = 1e12  # |value| of a numeric payment signal
+MAX_SIGNALS = 256  # numeric signals per payment (each is a fraud-model feature)
+MIN_TS_MS = 0  # event time (`ts`, `account_created_ts`): whole milliseconds since the epoch...
+MAX_TS_MS = 4_102_444_800_000  # ...before 2100-01-01T00:00:00Z
+MAX_ORDER_ITEMS = 1_000  # items of one order
+MAX_JSON_DEPTH = 1_024  # nesting of a message (state.serde refuses deeper ones before parsing)
+# Strings become Redis keys, metric dimensions and alert keys, copied into outputs: a 900 kB
+# channel name would make an input-count record too large for Kafka.
+MAX_STRING_CHARS = 1_000  # every string field: ids, dimensions, free text, experiment and signal names
+MAX_EXPERIMENTS = 64  # entries of a click's `experiment` map
 
 
 class InvalidEvent(ValueError):
@@ -43,7 +60,7 @@ def _req_str(obj: Mapping[str, Any], name: str) -> str:
         raise InvalidEvent(f"missing field '{name}'")
     if not isinstance(value, str) or not value:
         raise InvalidEvent(f"field '{name}' must be a non-empty string, got {_show(value)}")
-    return value
+    return _short(name, value)
 
 
 def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
@@ -52,6 +69,12 @@ def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent(f"field '{name}' must be a string, got {_show(value)}")
+    return _short(name, value)
+
+
+def _short(name: str, value: str) -> str:
+    if len(value) > MAX_STRING_CHARS:
+        raise InvalidEvent(f"field '{name}' has {len(value)} characters, more than {MAX_STRING_CHARS}")
     return value
 
 
@@ -60,32 +83,34 @@ def _as_int(name: str, value: Any) -> int:
         raise InvalidEvent(f"field '{name}' must be an integer, got {_show(value)}")
     if isinstance(value, float):
         if not value.is_integer():
-            raise InvalidEvent(f"field '{name}' must be an integer, got {value!r}")
+            raise InvalidEvent(f"field '{name}' must be an integer, got {_show(value)}")
         value = int(value)
     return value
 
 
-def _req_int(obj: Mapping[str, Any], name: str, minimum: int | None = None) -> int:
+def _req_int(obj: Mapping[str, Any], name: str, minimum: int, maximum: int) -> int:
     value = obj.get(name)
     if value is None:
         raise InvalidEvent(f"missing field '{name}'")
     number = _as_int(name, value)
-    if minimum is not None and number < minimum:
-        raise InvalidEvent(f"field '{name}' must be >= {minimum}, got {number}")
+    if number < minimum:
+        raise InvalidEvent(f"field '{name}' must be >= {minimum}, got {_show(number)}")
+    if number > maximum:
+        raise InvalidEvent(f"field '{name}' must be <= {maximum}, got {_show(number)}")
     return number
 
 
-def _opt_int(obj: Mapping[str, Any], name: str, minimum: int | None = None) -> int | None:
+def _opt_int(obj: Mapping[str, Any], name: str, minimum: int, maximum: int) -> int | None:
     if obj.get(name) is None:
         return None
-    return _req_int(obj, name, minimum)
+    return _req_int(obj, name, minimum, maximum)
 
 
 def _as_money(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent(f"field '{name}' must be a number, got {_show(value)}")
-    if not math.isfinite(value) or value < 0:
-        raise InvalidEvent(f"field '{name}' must be a finite number >= 0, got {value!r}")
+    if not 0 <= value <= MAX_MONEY:  # NaN fails both comparisons
+        raise InvalidEvent(f"field '{name}' must be a finite number >= 0 and <= {MAX_MONEY:.0f}, got {_show(value)}")
     return float(value)
 
 
@@ -104,7 +129,7 @@ def _opt_money(obj: Mapping[str, Any], name: str) -> float | None:
 def _req_choice(obj: Mapping[str, Any], name: str, allowed: frozenset[str]) -> str:
     value = _req_str(obj, name)
     if value not in allowed:
-        raise InvalidEvent(f"field '{name}' has unknown value {value!r}")
+        raise InvalidEvent(f"field '{name}' has unknown value {_show(value)}")
     return value
 
 
@@ -114,14 +139,18 @@ def _opt_choice(obj: Mapping[str, Any], name: str, allowed: frozenset[str], defa
     return _req_choice(obj, name, allowed)
 
 
+_SHOW = reprlib.Repr()  # bounded in depth and length: hostile values may be huge or nested 1,000 deep
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlong = 2, 40, 40, 40
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _SHOW.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
 def event_time(obj: Mapping[str, Any]) -> int:
-    """The checked reader's event time of a record: field `ts`, whole milliseconds, not negative."""
-    return _req_int(obj, "ts", minimum=0)
+    """The checked reader's event time of a record: field `ts`, whole milliseconds, MIN_TS_MS..MAX_TS_MS."""
+    return _req_int(obj, "ts", MIN_TS_MS, MAX_TS_MS)
 
 
 # -- the fast path -------------------------------------------------------------
@@ -132,15 +161,16 @@ def event_time(obj: Mapping[str, Any]) -> int:
 # value, a missing field) takes the field readers above, which give the same record or
 # the same InvalidEvent as before.
 
-_INF = math.inf
-_MAX_EXACT_INT = 2**53  # larger ints go the slow way (float() of them is not exact, or overflows)
+# Every bound below is the checked readers' bound: what they refuse, the fast path sends to them.
+_MAX_MONEY_INT = int(MAX_MONEY)  # exact as a float (below 2**53)
+_MAX_STR = MAX_STRING_CHARS
 
 
 def _money_or_none(value: Any) -> float | None:
     """A valid money value as the readers would return it; None when the slow path must judge."""
     if type(value) is float:
-        return value if 0.0 <= value < _INF else None
-    if type(value) is int and 0 <= value <= _MAX_EXACT_INT:
+        return value if 0.0 <= value <= MAX_MONEY else None  # NaN fails both comparisons
+    if type(value) is int and 0 <= value <= _MAX_MONEY_INT:
         return float(value)
     return None
 
@@ -196,6 +226,7 @@ class ClickEvent(_Record):
     query: str | None = None
     ip: str | None = None
     experiment: Mapping[str, str] | None = None
+    device_id: str | None = None  # the app's or browser's device id, when the storefront knows it
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "ClickEvent":
@@ -209,6 +240,10 @@ class ClickEvent(_Record):
                 isinstance(k, str) and isinstance(v, str) for k, v in experiment.items()
             ):
                 raise InvalidEvent("field 'experiment' must be an object of name -> variant strings")
+            if len(experiment) > MAX_EXPERIMENTS:
+                raise InvalidEvent(f"field 'experiment' has {len(experiment)} entries, more than {MAX_EXPERIMENTS}")
+            for name, variant in experiment.items():
+                _short("experiment", name), _short("experiment", variant)
         return cls(
             event_id=_req_str(obj, "event_id"),
             ts=event_time(obj),
@@ -221,10 +256,11 @@ class ClickEvent(_Record):
             sku=_opt_str(obj, "sku"),
             category=_opt_str(obj, "category"),
             price=_opt_money(obj, "price"),
-            quantity=_opt_int(obj, "quantity", minimum=0),
+            quantity=_opt_int(obj, "quantity", 0, MAX_QUANTITY),
             query=_opt_str(obj, "query"),
             ip=_opt_str(obj, "ip"),
             experiment=None if experiment is None else MappingProxyType(experiment),
+            device_id=_opt_str(obj, "device_id"),
         )
 
 
@@ -246,7 +282,7 @@ class OrderItem(_Record):
             raise InvalidEvent(f"each of 'items' must be an object, got {_show(obj)}")
         return cls(
             sku=_req_str(obj, "sku"),
-            quantity=_req_int(obj, "quantity", minimum=1),
+            quantity=_req_int(obj, "quantity", 1, MAX_QUANTITY),
             unit_price=_req_money(obj, "unit_price"),
             pool=_opt_choice(obj, "pool", STOCK_POOLS, "spot"),
         )
@@ -281,6 +317,8 @@ class OrderEvent(_Record):
             raise InvalidEvent("missing field 'items'")
         if not isinstance(items, list):
             raise InvalidEvent(f"field 'items' must be a list, got {_show(items)}")
+        if len(items) > MAX_ORDER_ITEMS:
+            raise InvalidEvent(f"field 'items' has {len(items)} items, more than {MAX_ORDER_ITEMS}")
         return cls(
             event_id=_req_str(obj, "event_id"),
             ts=event_time(obj),
@@ -341,25 +379,30 @@ class PaymentEvent(_Record):
             ip=_opt_str(obj, "ip"),
             country=_opt_str(obj, "country"),
             billing_country=_opt_str(obj, "billing_country"),
-            account_created_ts=_opt_int(obj, "account_created_ts", minimum=0),
+            account_created_ts=_opt_int(obj, "account_created_ts", MIN_TS_MS, MAX_TS_MS),
             failure_reason=_opt_str(obj, "failure_reason"),
             signals=_numeric_signals(obj.get("signals")),
         )
 
 
 def _numeric_signals(value: Any) -> Mapping[str, float] | None:
-    """Keep every numeric signal; upstream providers may add non-numeric ones we ignore."""
+    """Keep every numeric signal; upstream providers may add non-numeric ones we ignore.
+    A numeric one the model cannot use (beyond MAX_SIGNAL, or too many) makes a dead letter."""
     if value is None:
         return None
     if not isinstance(value, dict):
         raise InvalidEvent(f"field 'signals' must be an object, got {_show(value)}")
-    return MappingProxyType(
-        {
-            name: float(v)
-            for name, v in value.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
-    )
+    signals = {}
+    for name, v in value.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            _short("signals", name)
+            if not -MAX_SIGNAL <= v <= MAX_SIGNAL:  # NaN fails both comparisons
+                raise InvalidEvent(f"signal {_show(name)} must be a finite number from -{MAX_SIGNAL:.0f} "
+                                   f"to {MAX_SIGNAL:.0f}, got {_show(v)}")
+            signals[name] = float(v)
+    if len(signals) > MAX_SIGNALS:
+        raise InvalidEvent(f"field 'signals' has {len(signals)} numeric signals, more than {MAX_SIGNALS}")
+    return MappingProxyType(signals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,15 +426,15 @@ class InventoryEvent(_Record):
     def _from_dict_checked(cls, obj: Mapping[str, Any]) -> "InventoryEvent":
         kind = _req_choice(obj, "kind", INVENTORY_KINDS)
         # `adjust` carries a signed delta; `set` and `restock` cannot be negative.
-        minimum = None if kind == "adjust" else 0
+        minimum = -MAX_QUANTITY if kind == "adjust" else 0
         return cls(
             event_id=_req_str(obj, "event_id"),
             ts=event_time(obj),
             sku=_req_str(obj, "sku"),
             kind=kind,
-            quantity=_req_int(obj, "quantity", minimum=minimum),
+            quantity=_req_int(obj, "quantity", minimum, MAX_QUANTITY),
             pool=_opt_choice(obj, "pool", STOCK_POOLS, "spot"),
-            safety_stock=_opt_int(obj, "safety_stock", minimum=0),
+            safety_stock=_opt_int(obj, "safety_stock", 0, MAX_QUANTITY),
             warehouse=_opt_str(obj, "warehouse"),
         )
 
@@ -410,7 +453,7 @@ def _click_event_fast(obj: Mapping[str, Any]) -> ClickEvent | None:
         return None
     experiment = values[14]
     if experiment is not None:
-        return _new_click_event(*values[:14], MappingProxyType(experiment))
+        return _new_click_event(*values[:14], MappingProxyType(experiment), values[15])
     return _new_click_event(*values)
 
 
@@ -437,19 +480,20 @@ def click_values_fast(obj: Any) -> tuple | None:
     query = get("query")
     ip = get("ip")
     experiment = get("experiment")
+    device_id = get("device_id")
     if price is not None:
         price = _money_or_none(price)
         if price is None:
             return None
     if experiment is not None:
-        if type(experiment) is not dict:
+        if type(experiment) is not dict or len(experiment) > MAX_EXPERIMENTS:
             return None
         for name, variant in experiment.items():
-            if type(name) is not str or type(variant) is not str:
+            if type(name) is not str or type(variant) is not str or len(name) > _MAX_STR or len(variant) > _MAX_STR:
                 return None
     if not (
         type(event_id) is str and event_id
-        and type(ts) is int and ts >= 0
+        and type(ts) is int and MIN_TS_MS <= ts <= MAX_TS_MS
         and type(user_id) is str and user_id
         and type(session_id) is str and session_id
         and type(kind) is str and kind in CLICK_TYPES
@@ -458,13 +502,20 @@ def click_values_fast(obj: Any) -> tuple | None:
         and type(device) is str and device
         and (sku is None or type(sku) is str)
         and (category is None or type(category) is str)
-        and (quantity is None or (type(quantity) is int and quantity >= 0))
+        and (quantity is None or (type(quantity) is int and 0 <= quantity <= MAX_QUANTITY))
         and (query is None or type(query) is str)
         and (ip is None or type(ip) is str)
+        and (device_id is None or type(device_id) is str)
     ):
         return None
+    # Within the bound together, so each one is (cheaper than a bound per field); else the checked reader judges.
+    if (len(event_id) + len(user_id) + len(session_id) + len(channel) + len(region) + len(device)
+            + (sku is not None and len(sku)) + (category is not None and len(category))
+            + (query is not None and len(query)) + (ip is not None and len(ip))
+            + (device_id is not None and len(device_id))) > _MAX_STR:
+        return None
     return (event_id, ts, user_id, session_id, kind, channel, region, device, sku, category, price, quantity, query,
-            ip, experiment)
+            ip, experiment, device_id)
 
 
 def _order_item_values_fast(obj: Any) -> tuple | None:
@@ -479,7 +530,8 @@ def _order_item_values_fast(obj: Any) -> tuple | None:
     elif type(pool) is not str or pool not in STOCK_POOLS:
         return None
     unit_price = _money_or_none(obj.get("unit_price"))
-    if type(sku) is not str or not sku or type(quantity) is not int or quantity < 1 or unit_price is None:
+    if (type(sku) is not str or not 0 < len(sku) <= _MAX_STR or type(quantity) is not int
+            or not 1 <= quantity <= MAX_QUANTITY or unit_price is None):
         return None
     return sku, quantity, unit_price, pool
 
@@ -500,7 +552,7 @@ def order_values_fast(obj: Any) -> tuple | None:
         return None
     get = obj.get
     raw_items = get("items")
-    if type(raw_items) is not list:
+    if type(raw_items) is not list or len(raw_items) > MAX_ORDER_ITEMS:
         return None
     items = []
     for raw_item in raw_items:
@@ -528,7 +580,7 @@ def order_values_fast(obj: Any) -> tuple | None:
         currency = DEFAULT_CURRENCY
     if not (
         type(event_id) is str and event_id
-        and type(ts) is int and ts >= 0
+        and type(ts) is int and MIN_TS_MS <= ts <= MAX_TS_MS
         and type(order_id) is str and order_id
         and type(user_id) is str and user_id
         and type(status) is str and status in ORDER_STATUSES
@@ -539,6 +591,11 @@ def order_values_fast(obj: Any) -> tuple | None:
         and (region is None or type(region) is str)
         and (coupon_code is None or type(coupon_code) is str)
     ):
+        return None
+    # Within the bound together, so each one is; else the checked reader judges.
+    if (len(event_id) + len(order_id) + len(user_id) + len(currency) + (session_id is not None and len(session_id))
+            + (channel is not None and len(channel)) + (region is not None and len(region))
+            + (coupon_code is not None and len(coupon_code))) > _MAX_STR:
         return None
     return (event_id, ts, order_id, user_id, status, items, amount, currency, session_id, channel, region,
             coupon_code, shipping_fee)
@@ -559,24 +616,78 @@ def _inventory_event_fast(obj: Mapping[str, Any]) -> InventoryEvent | None:
     if pool is None:
         pool = "spot"
     if not (
-        type(event_id) is str and event_id
-        and type(ts) is int and ts >= 0
-        and type(sku) is str and sku
+        type(event_id) is str and 0 < len(event_id) <= _MAX_STR
+        and type(ts) is int and MIN_TS_MS <= ts <= MAX_TS_MS
+        and type(sku) is str and 0 < len(sku) <= _MAX_STR
         and type(kind) is str and kind in INVENTORY_KINDS
-        and type(quantity) is int and (quantity >= 0 or kind == "adjust")
+        and type(quantity) is int and -MAX_QUANTITY <= quantity <= MAX_QUANTITY and (quantity >= 0 or kind == "adjust")
         and type(pool) is str and pool in STOCK_POOLS
-        and (safety_stock is None or (type(safety_stock) is int and safety_stock >= 0))
-        and (warehouse is None or type(warehouse) is str)
+        and (safety_stock is None or (type(safety_stock) is int and 0 <= safety_stock <= MAX_QUANTITY))
+        and (warehouse is None or (type(warehouse) is str and len(warehouse) <= _MAX_STR))
     ):
         return None
     return _new_inventory_event(event_id, ts, sku, kind, quantity, pool, safety_stock, warehouse)
 
 
-InputEvent = ClickEvent | OrderEvent | PaymentEvent | InventoryEvent
+@dataclass(frozen=True, slots=True)
+class PriceEvent(_Record):
+    """One price observation: our own (`seller` = `self`, maybe with our `floor`) or a rival's,
+    from a crawler. A price must be above zero: a zero or negative price is a dead letter."""
+
+    TOPIC: ClassVar[str] = "prices"
+    OWN_SELLER: ClassVar[str] = "self"
+
+    event_id: str
+    ts: int
+    sku: str
+    seller: str
+    price: float
+    currency: str = DEFAULT_CURRENCY
+    list_price: float | None = None
+    floor: float | None = None  # the lowest price we may sell at (our own observations only)
+    promo: str | None = None  # the rival's promotion, if any (`true` reads as "promo")
+
+    @property
+    def own(self) -> bool:
+        return self.seller == self.OWN_SELLER
+
+    @classmethod
+    def from_dict(cls, obj: Mapping[str, Any]) -> "PriceEvent":
+        price = _req_money(obj, "price")
+        if price <= 0:
+            raise InvalidEvent(f"field 'price' must be above 0, got {_show(price)}")
+        floor = _opt_money(obj, "floor")
+        if floor is not None and floor <= 0:
+            raise InvalidEvent(f"field 'floor' must be above 0, got {_show(floor)}")
+        return cls(
+            event_id=_req_str(obj, "event_id"),
+            ts=event_time(obj),
+            sku=_req_str(obj, "sku"),
+            seller=_req_str(obj, "seller"),
+            price=price,
+            currency=_opt_str(obj, "currency") or DEFAULT_CURRENCY,
+            list_price=_opt_money(obj, "list_price"),
+            floor=floor,
+            promo=_promo(obj.get("promo")),
+        )
+
+
+def _promo(value: Any) -> str | None:
+    """`promo` is the promotion's name, or a plain flag: true means "promo", false none."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "promo"
+    if not isinstance(value, str):
+        raise InvalidEvent(f"field 'promo' must be a string or a boolean, got {_show(value)}")
+    return _short("promo", value) or None
+
+
+InputEvent = ClickEvent | OrderEvent | PaymentEvent | InventoryEvent | PriceEvent
 
 # Contract topic name -> the record it carries.
 RECORD_FOR_TOPIC: dict[str, Callable[[Mapping[str, Any]], InputEvent]] = {
-    record.TOPIC: record.from_dict for record in (ClickEvent, OrderEvent, PaymentEvent, InventoryEvent)
+    record.TOPIC: record.from_dict for record in (ClickEvent, OrderEvent, PaymentEvent, InventoryEvent, PriceEvent)
 }
 
 
@@ -587,5 +698,5 @@ def parse_event(topic: str, obj: Any) -> InputEvent:
     try:
         parser = RECORD_FOR_TOPIC[topic]
     except KeyError:
-        raise InvalidEvent(f"no record type for topic {topic!r}") from None
+        raise InvalidEvent(f"no record type for topic {_show(topic)}") from None
     return parser(obj)

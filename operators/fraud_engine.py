@@ -12,15 +12,17 @@ river model cannot be merged, so the fraud flow runs one of these per process.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 from operators.alerts import AlertCandidate
-from operators.clock import StreamClock
+from operators.clock import Progress, StreamClock
 from operators.events import PaymentEvent
-from operators.fraud_features import DAY_MS, MINUTE_MS, FeatureState
-from operators.fraud_model import FeatureCodec, FraudModel, Label, Pending, PendingLabels, ScoreThresholds
+from operators.fraud_features import DAY_MS, HOUR_MS, MINUTE_MS, FeatureState
+from operators.fraud_model import FeatureCodec, FraudModel, Label, Pending, PendingLabels, ScoreThresholds, probability
 from operators.fraud_rules import MODEL_SCORE, FraudRules, stricter
 from operators.pseudonym import Pseudonymizer
 
@@ -35,6 +37,9 @@ _BASELINE_ALPHA = 0.1  # EWMA weight of the newest quiet window in the block bas
 class FraudConfig:
     rules: FraudRules = field(default_factory=FraudRules)
     label_horizon_ms: int = 30 * DAY_MS
+    outcome_ms: int = HOUR_MS  # a payment's outcome (succeeded / failed) is expected within this
+    threshold_window: int = 10_000  # decision scores the thresholds are quantiles of ...
+    threshold_max_age_ms: int = DAY_MS  # ... given at most this long ago (while 500 remain)
     block_good_rate: float = 0.001
     review_good_rate: float = 0.01
     history_ms: int = 90 * DAY_MS
@@ -95,7 +100,7 @@ class ModelBundle:
     """What a checkpoint holds: the model and its thresholds (no payment data)."""
 
     model: FraudModel
-    thresholds: ScoreThresholds  # over legitimate payments, kept with their packed features
+    thresholds: ScoreThresholds  # over the scores given at decision time (prequential)
     codec: FeatureCodec = field(default_factory=FeatureCodec)
 
 
@@ -165,10 +170,7 @@ class FraudEngine:
         self.pseudonym = pseudonym
         self.bundle = bundle or self.fresh_bundle(config)
         self.features = FeatureState(history_ms=config.history_ms)
-        self.pending = PendingLabels(config.label_horizon_ms)
-        # Scores of every decided payment: thresholds until enough legitimate labels
-        # exist (almost all payments are legitimate, so this is close and available at once).
-        self.recent_scores = ScoreThresholds(config.block_good_rate, config.review_good_rate)
+        self.pending = PendingLabels(config.label_horizon_ms, outcome_ms=config.outcome_ms)
         self.clock = StreamClock(lateness_ms=config.lateness_ms)
         self.quality = Quality()
         self.windows: dict[int, _Window] = {}
@@ -180,22 +182,33 @@ class FraudEngine:
 
     @staticmethod
     def fresh_bundle(config: FraudConfig) -> ModelBundle:
-        return ModelBundle(FraudModel(), ScoreThresholds(config.block_good_rate, config.review_good_rate))
+        return ModelBundle(FraudModel(), ScoreThresholds(config.block_good_rate, config.review_good_rate,
+                                                         window=config.threshold_window,
+                                                         max_age_ms=config.threshold_max_age_ms))
 
     def configure(self, config: FraudConfig, pseudonym: Pseudonymizer) -> None:
         """Settings may change across restarts; state (model, features, labels) stays."""
         self.config = config
         self.pseudonym = pseudonym
         self.pending.horizon_ms = config.label_horizon_ms
+        self.pending.outcome_ms = config.outcome_ms
         self.features.history_ms = config.history_ms
         self.clock.lateness_ms = config.lateness_ms
-        for thresholds in (self.bundle.thresholds, self.recent_scores):
-            thresholds.block_good_rate = config.block_good_rate
-            thresholds.review_good_rate = config.review_good_rate
+        thresholds = self.bundle.thresholds
+        thresholds.block_good_rate = config.block_good_rate
+        thresholds.review_good_rate = config.review_good_rate
+        thresholds.window = config.threshold_window
+        thresholds.max_age_ms = config.threshold_max_age_ms
+        thresholds.items.clear()  # a checkpoint of the previous layout kept features of labelled payments
 
     # -- the stream ----------------------------------------------------------------
-    def process(self, events: list[PaymentEvent], now_ms: int) -> FraudOutputs:
+    def process(self, events: list[PaymentEvent], now_ms: int, progress: Progress | None = None) -> FraudOutputs:
+        """Decide, learn and count one batch. With `progress` (the Kafka source's partition
+        reports), metric windows close only once every partition has passed them, so a
+        catch-up replay counts every decision; without it the clock follows the events."""
         out = FraudOutputs()
+        if progress is not None:
+            self.clock.advance(progress, now_ms)
         for event in events:
             status = event.status
             if status == "requested":
@@ -206,7 +219,8 @@ class FraudEngine:
                 self._failed(event)
             elif status == "chargeback":
                 self._chargeback(event, out)
-            self.clock.observe(event.ts, now_ms)
+            if progress is None:
+                self.clock.observe(event.ts, now_ms)
         self.advance(now_ms, out)
         return out
 
@@ -246,11 +260,19 @@ class FraudEngine:
         rules = self.config.rules
         decision, reasons = rules.judge(x)
         model = self.bundle.model
-        score = model.score(x)
-        if score is not None:
-            self.recent_scores.add(score)
-            thresholds = self.bundle.thresholds if self.bundle.thresholds.ready else self.recent_scores
-            model_decision = thresholds.decide(score)
+        logit = model.logit(x)
+        score = None if logit is None else probability(logit)
+        kept_score = math.nan
+        if logit is not None:
+            thresholds = self.bundle.thresholds  # over logits: confident probabilities tie at 1.0
+            kept_score = array("f", (logit,))[0]  # as the pending store keeps it (float32)
+            model_decision = thresholds.decide(kept_score)  # before this payment's score joins the window
+            if decision != "block":
+                # Prequential: the score given now, before any label of this payment; payments
+                # the rules block are not the population the thresholds are for.
+                thresholds.add(kept_score, ts=payment.ts)
+            else:
+                kept_score = math.nan
             if model_decision != "approve":
                 reasons.append(MODEL_SCORE)
                 decision = stricter(decision, model_decision)
@@ -273,7 +295,7 @@ class FraudEngine:
         schema, packed = self.bundle.codec.encode(x)
         self.pending.add(
             Pending(payment.ts, payment.payment_id, payment.user_id, payment.amount, schema, packed, decision,
-                    payment.card_fingerprint, payment.device_id, payment.ip)
+                    payment.card_fingerprint, payment.device_id, payment.ip, False, kept_score)
         )
         self._count(result)
         if decision == "block":
@@ -301,6 +323,9 @@ class FraudEngine:
     # -- outcomes and labels -------------------------------------------------------
     def _failed(self, event: PaymentEvent) -> None:
         pending = self.pending.failed(event.payment_id)
+        if pending is not None and not math.isnan(pending.score):
+            # Declined: not a good payment either (card testing is mostly declines).
+            self.bundle.thresholds.remove(pending.score)
         if pending is not None:
             self.features.record_failure(event.ts, pending.card, pending.device, pending.ip, pending.user_id)
 
@@ -308,6 +333,8 @@ class FraudEngine:
         out.flags.append(UserFlag(event.user_id, "chargeback", event.ts))
         label = self.pending.chargeback(event.payment_id, event.ts)
         if label is not None:
+            if not math.isnan(label.pending.score):
+                self.bundle.thresholds.remove(label.pending.score)  # a fraud is not a good payment
             self._learn(label)
         log.debug("chargeback for payment %s of %s", event.payment_id, self.pseudonym(event.user_id))
 
@@ -319,20 +346,8 @@ class FraudEngine:
             # little, and card-testing charges that nobody disputes would otherwise
             # teach the model (and the thresholds) that bot bursts are legitimate.
             return
-        model = self.bundle.model
         features = self.bundle.codec.decode(label.pending.schema, label.pending.packed)
-        thresholds = self.bundle.thresholds
-        if not label.is_fraud:
-            score = model.score(features)
-            if score is not None:
-                thresholds.add(score, (label.pending.schema, label.pending.packed))
-        model.learn(features, label.is_fraud)
-        # Rescore the legitimate sample when the model moved: after every fraud label
-        # (chargebacks come days before the legitimate labels of the same period, so
-        # the model drifts towards "fraud" between them) and every quarter window.
-        if model.ready and (label.is_fraud or thresholds.added_since_refresh >= thresholds.window // 4):
-            codec = self.bundle.codec
-            thresholds.refresh(lambda item: model.score(codec.decode(*item)))
+        self.bundle.model.learn(features, label.is_fraud, label.key)
 
     # -- windows, alerts, checkpoints ------------------------------------------------
     def _close_windows(self, watermark: int, out: FraudOutputs) -> None:
@@ -348,12 +363,13 @@ class FraudEngine:
                 out.candidates.append(candidate)
 
     def _thresholds(self) -> ScoreThresholds:
-        return self.bundle.thresholds if self.bundle.thresholds.ready else self.recent_scores
+        return self.bundle.thresholds
 
     def _metrics(self, window: _Window) -> dict[str, Any]:
         thresholds = self._thresholds()
         record: dict[str, Any] = {
             "metric": "fraud",
+            "metric_id": f"fraud:{window.start}",
             "window_start": window.start,
             "window_end": window.start + self.config.metrics_window_ms,
             "requested": window.requested,
@@ -362,8 +378,8 @@ class FraudEngine:
             "blocked": window.blocked,
             "blocked_amount": round(window.blocked_amount, 2),
             "model_version": self.bundle.model.model_version,
-            "block_threshold": round(thresholds.block, 6) if thresholds.ready else None,
-            "review_threshold": round(thresholds.review, 6) if thresholds.ready else None,
+            "block_threshold": round(probability(thresholds.block), 6) if thresholds.ready else None,
+            "review_threshold": round(probability(thresholds.review), 6) if thresholds.ready else None,
             "pending_labels": len(self.pending),
         }
         record.update(self.quality.to_dict())

@@ -11,6 +11,10 @@ between consecutive stages is at most 1. Orders and payments join the session th
 came from: an order's `session_id`, else the user's latest session; a payment the
 session of its order, else the user's latest session.
 
+Events are applied in event-time order once the watermark has passed them, not in
+the order they were read: which session an order joins, and so its channel, must not
+depend on whether the clicks' partition was read before the orders' partition.
+
 Users are sharded into a fixed number of buckets (`FunnelBucket`, one per bucket);
 a user's sessions, orders and payments meet in the same bucket. Each bucket closes
 windows on a stream-wide event-time clock and reports its partial counts;
@@ -23,12 +27,13 @@ session after `order_retention_ms`. Open windows hold only the sessions active i
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from functools import partial
 from sys import intern
-from typing import Any, Hashable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
-from operators.clock import StreamClock
+from operators.clock import Progress, StreamClock
 from operators.events import ClickEvent, OrderEvent, PaymentEvent, click_values_fast
 
 STAGES = ("visit", "product_view", "add_to_cart", "checkout", "order", "payment")
@@ -69,6 +74,13 @@ class FunnelEvent(NamedTuple):
     device: str | None = None
     page_view: bool = False
     experiment: tuple[tuple[str, str], ...] | None = None
+
+
+def _order_key(event: FunnelEvent) -> tuple:
+    """Event time first, then fields that tell simultaneous events apart, so the order
+    in which they are applied never depends on the order they were read."""
+    return (event.ts, event.kind, event.session_id or "", event.order_id or "", event.user_id, event.stage,
+            event.amount, event.channel or "", event.region or "", event.device or "")
 
 
 _new_funnel_event = partial(tuple.__new__, FunnelEvent)  # FunnelEvent._make without its Python frame
@@ -124,8 +136,6 @@ class FunnelRules:
     lateness_ms: int = 10_000
     session_timeout_ms: int = 1_800_000  # a session is over after this much event time without events
     order_retention_ms: int = 3_600_000  # an order's payments are joined to its session this long
-    partition_idle_ms: int = 500  # see StreamClock.idle_source_ms
-    startup_grace_ms: int = 5_000  # see StreamClock.startup_grace_ms
 
     def __post_init__(self) -> None:
         if self.session_timeout_ms < self.window_ms + self.lateness_ms:
@@ -226,24 +236,42 @@ class FunnelBucket:
     next_window: int | None = None  # start of the oldest window not yet closed
     closed_any: bool = False
     late_events: int = 0
+    # Events read but not applied yet: a heap of (order key, arrival number, event),
+    # applied once the watermark passes them (see the module docstring).
+    pending: list = field(default_factory=list)
+    arrivals: int = 0
 
     def __post_init__(self) -> None:
-        self.clock = StreamClock(self.rules.lateness_ms, self.rules.partition_idle_ms, self.rules.startup_grace_ms)
+        self.clock = StreamClock(self.rules.lateness_ms)
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("pending", [])  # snapshots from before events waited for the watermark
+        state.setdefault("arrivals", 0)
+        self.__dict__.update(state)
 
     def resume(self, now_ms: int) -> None:
         self.clock.resume(now_ms)
 
     # -- input ------------------------------------------------------------------------------
-    def add(self, events: list[FunnelEvent], progress: dict[Hashable, int], now_ms: int) -> list[BucketReport]:
-        """One input batch's events of this bucket. `progress`: the latest event time per
-        input partition in the whole batch, so the clock follows the stream, not the bucket."""
-        for source, latest in progress.items():
-            self.clock.observe(latest, now_ms, source)
-        window_ms = self.rules.window_ms
-        if self.next_window is None and progress:  # a bucket without events of its own still closes windows
-            first = min(progress.values())
-            self.next_window = first - first % window_ms
+    def add(self, events: list[FunnelEvent], progress: Progress, now_ms: int) -> list[BucketReport]:
+        """One input batch's events of this bucket. `progress`: the whole batch's, so the
+        clock follows the stream, not the bucket."""
+        self.clock.advance(progress, now_ms)
+        pending = self.pending
         for event in events:
+            heapq.heappush(pending, (_order_key(event), self.arrivals, event))
+            self.arrivals += 1
+        return self.advance(now_ms)
+
+    def _apply_through(self, watermark: int | None) -> None:
+        """Apply the waiting events older than `watermark` (all when None), oldest first.
+
+        Strictly older: an event at the watermark itself may still arrive from a
+        partition exactly `lateness` behind, and must not be overtaken."""
+        pending = self.pending
+        window_ms = self.rules.window_ms
+        while pending and (watermark is None or pending[0][0][0] < watermark):
+            event = heapq.heappop(pending)[2]
             start = event.ts - event.ts % window_ms
             if self.next_window is None or (not self.closed_any and start < self.next_window):
                 self.next_window = start
@@ -251,7 +279,6 @@ class FunnelBucket:
                 self._click(event, start)
             else:
                 self._order_or_payment(event, start)
-        return self.advance(now_ms)
 
     def _window(self, start: int) -> _Window | None:
         """The open window for `start`; None (and a correction counted) when it has closed."""
@@ -406,13 +433,19 @@ class FunnelBucket:
         Reports whenever this bucket's closed range moved (with or without counts), so
         the aggregator knows every bucket is done with a window before it publishes it."""
         watermark = self.clock.watermark(now_ms)
-        if watermark is None or self.next_window is None:
+        if watermark is None:
             return []
+        window_ms = self.rules.window_ms
         before = self.next_window
+        self._apply_through(watermark)
+        if self.next_window is None:
+            # No event of its own before the watermark: every window wholly before it is
+            # final here too. (Not the first batch's event times: a batch may hold only a
+            # partition that is ahead, and this bucket would then claim nothing earlier.)
+            self.next_window = watermark - watermark % window_ms
         if self.unjoined and watermark >= self.unjoined_due_ms:
             self._settle_unjoined(watermark)
         partials = []
-        window_ms = self.rules.window_ms
         while self.next_window + window_ms <= watermark:
             partial = self._close(self.next_window)
             if partial is not None:
@@ -424,12 +457,18 @@ class FunnelBucket:
         self._expire(watermark)
         if self.next_window == before and not self.late_events:
             return []
+        self.closed_any = True  # the aggregator heard where this bucket stands: it never goes back
         return [self._report(partials, self.next_window)]
 
     def flush(self) -> list[BucketReport]:
         """The input has ended: close every open window."""
+        self._apply_through(None)
         if self.next_window is None:
-            return []
+            if self.clock.max_event_ms is None:
+                return []
+            # No event of its own: nothing to close, but the aggregator must hear it is done.
+            self.closed_any = True
+            return [self._report([], END_OF_INPUT)]
         self._settle_unjoined(None)
         partials = [p for p in (self._close(start) for start in sorted(self.windows)) if p is not None]
         self.closed_any = True

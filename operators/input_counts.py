@@ -9,9 +9,9 @@ single counting step sees a few tallies per batch, not every event.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Mapping, NamedTuple
+from typing import Iterable, NamedTuple
 
-from operators.clock import StreamClock
+from operators.clock import Progress, StreamClock
 from operators.dead_letters import DeadLetter
 from operators.events import ClickEvent, InputEvent
 
@@ -28,10 +28,10 @@ class Tally:
 
 
 class InputTallies(NamedTuple):
-    """One batch's tallies, and the latest event time each input partition reached in it."""
+    """One batch's tallies, and its progress (`operators.clock.Progress`)."""
 
     tallies: list[Tally]
-    progress: dict[tuple[str, int], int]
+    progress: Progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +86,6 @@ class InputCounter:
     window_ms: int
     lateness_ms: int
     key_idle_windows: int
-    partition_idle_ms: int = 0  # see StreamClock.idle_source_ms
-    startup_grace_ms: int = 0  # see StreamClock.startup_grace_ms
     clock: StreamClock = field(init=False)
     open_windows: dict[int, dict[CounterKey, list[int]]] = field(default_factory=dict)
     late_events: dict[CounterKey, int] = field(default_factory=dict)
@@ -98,22 +96,22 @@ class InputCounter:
     closed_any: bool = False
 
     def __post_init__(self) -> None:
-        self.clock = StreamClock(self.lateness_ms, self.partition_idle_ms, self.startup_grace_ms)
+        self.clock = StreamClock(self.lateness_ms)
 
     def resume(self, now_ms: int) -> None:
         """Restored from a snapshot: the downtime is not quiet input."""
         self.clock.resume(now_ms)
 
     def add(
-        self, tallies: Iterable[Tally], now_ms: int, progress: Mapping[Hashable, int] | None = None
+        self, tallies: Iterable[Tally], now_ms: int, progress: Progress | None = None
     ) -> list[InputCount]:
         """Count one batch's tallies (events before dead letters), then close what is due.
 
-        `progress`: the latest event time per input partition in this batch; with it the
-        clock follows the slowest partition still delivering, not the fastest."""
+        `progress`: the batch's per-partition progress; with it the clock holds while any
+        partition has a backlog (`operators.clock`)."""
         tallies = sorted(tallies, key=lambda t: t.window_start is None)
-        for source, latest in (progress or {}).items():
-            self.clock.observe(latest, now_ms, source)
+        if progress is not None:
+            self.clock.advance(progress, now_ms)
         for tally in tallies:
             if tally.window_start is not None:
                 if progress is None:

@@ -73,7 +73,7 @@ class RfmRules:
     @property
     def feature_names(self) -> tuple[str, ...]:
         names = ["recency_days", "tenure_days", "orders_total", "has_orders", "gap_ratio", "gap_days",
-                 "quiet_chance", "days_since_visit", "visits_recent", "carts_recent"]
+                 "quiet_chance", "days_since_visit", "visits_recent", "carts_recent", "order_age_days"]
         for horizon in self.horizons_ms:
             days = horizon // DAY_MS
             names += [f"orders_{days}d", f"monetary_{days}d"]
@@ -302,11 +302,14 @@ def features(state: CustomerState, view: RfmView) -> tuple[float, ...]:
         recency = gap = tenure
         gap_ratio = 1.0
     since_visit = tenure if view.days_since_visit is None else view.days_since_visit
+    # Days since the first paid order: with recency and the order count, what a
+    # buy-till-you-die model reads (`operators/btyd.py`, through the churn model).
+    order_age = max(0.0, tenure - (state.first_order_ts - state.first_ts) / DAY_MS) if state.orders_total else 0.0
     # `quiet_chance`: how likely a customer buying at its pace (exponential gaps) is to stay
     # this quiet while still active; small values say it has probably stopped.
     values = [log1p(recency), log1p(tenure), log1p(state.orders_total), 1.0 if state.orders_total else 0.0,
               log1p(gap_ratio), log1p(gap), math.exp(-gap_ratio), log1p(since_visit), log1p(view.visits),
-              log1p(view.cart_adds)]
+              log1p(view.cart_adds), log1p(order_age)]
     for orders, monetary in zip(view.orders_by_horizon, view.monetary_by_horizon):
         values += [log1p(orders), log1p(monetary)]
     return tuple(values)

@@ -27,27 +27,27 @@ Exact whatever the arrival order within the allowed lateness:
 - An order's state is dropped once it is finished and the low watermark is a
   retention period past its last event (bounded memory); open reservations stay.
 
-The low watermark is not the stream's latest event time minus the lateness: when
-a flow catches up on a backlog (a first start, a restart after a crash), one
-input partition can run hours of event time ahead of another, and a `set` read
-late from the slow one must still find the deltas stamped after it. So the
-ledger tracks each input partition's latest event time and forgets only what is
-older than the slowest partition that still delivers (minus the lateness). A
-partition that has delivered nothing for a few seconds of wall time has no backlog
-and does not hold the others back; nothing is forgotten in the first seconds after
-a start, before every partition has had its turn.
+Lines wait for the stream clock (`operators.clock`): they apply in event-time order
+once the watermark has passed them, so the levels, level changes and candidates are
+the same however the input partitions interleave, a crash and a replay included.
+While any input partition still has a backlog the watermark follows the slowest one,
+so a `set` read late from a slow partition still finds the deltas stamped after it.
+A SKU inventory has never reported gets no level and raises no level alert (its
+orders still reserve); the bucket raises one `stock.unknown_sku` candidate for all
+such SKUs instead.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from operators.alerts import AlertCandidate
-from operators.clock import StreamClock
+from operators.clock import Progress, StreamClock
 from operators.events import InventoryEvent, OrderEvent
 
 LEVELS = ("safe", "warning", "urgent", "out")
@@ -55,6 +55,11 @@ _SEVERITY_OF_LEVEL = {level: rank for rank, level in enumerate(LEVELS)}
 ORDER_KINDS = frozenset({"created", "paid", "cancelled", "refunded"})
 _TERMINAL_RANK = {"paid": 0, "cancelled": 1, "refunded": 2}  # same instant: paid wins
 RUNBOOK = "Check the SKU's open purchase orders; restock or pause its promotion."
+UNKNOWN_SKU_RUNBOOK = "Orders name SKUs inventory never reported: check the catalogue sync and the inventory feed."
+UNKNOWN_SKU_SAMPLE = 20  # SKUs named in a stock.unknown_sku candidate
+# Lines at one instant apply in this order (counts first), then by reference: any total order
+# that does not depend on arrival would do.
+_KIND_RANK = {"set": 0, "restock": 1, "adjust": 2, "created": 3, "paid": 4, "cancelled": 5, "refunded": 6}
 
 
 class StockLine(NamedTuple):
@@ -69,8 +74,19 @@ class StockLine(NamedTuple):
     safety_stock: int | None = None
 
 
+def _line_order(line: "StockLine") -> tuple:
+    return line.ts, _KIND_RANK[line.kind], line.ref, line.sku, line.pool, line.quantity
+
+
+def _line_ts(line: "StockLine") -> int:
+    return line.ts
+
+
 def order_lines(event: OrderEvent) -> list[StockLine]:
-    """An order event fans out to one line per SKU and pool (repeated items summed)."""
+    """An order event fans out to one line per SKU and pool (repeated items summed).
+    A refund request moves no stock (the `refunded` that answers it may)."""
+    if event.status not in ORDER_KINDS:
+        return []
     if len(event.items) == 1:
         item = event.items[0]
         return [StockLine(item.sku, event.ts, event.status, item.pool, item.quantity, event.order_id)]
@@ -98,7 +114,6 @@ class StockRules:
     velocity_slots: int = 10
     velocity_min_units: int = 5  # fewer units sold in the window: too few to project from
     replenish_cover_minutes: float = 120.0  # a suggestion covers this long at the current velocity
-    caught_up_after_ms: int = 5_000  # wall time: an input partition silent this long has no backlog
 
     @property
     def slot_ms(self) -> int:
@@ -248,6 +263,11 @@ class _Sku:
         self.updated_ts = 0
         self.projected = False  # urgent only because of its velocity: re-judged as time passes
 
+    @property
+    def known(self) -> bool:
+        """Inventory has told us about at least one of its pools."""
+        return any(pool.tracked for pool in self.pools.values())
+
     def pool(self, name: str) -> _Pool:
         pool = self.pools.get(name)
         if pool is None:
@@ -328,64 +348,103 @@ class _Judgement(NamedTuple):
 
 @dataclass
 class StockLedger:
-    """The ledgers of the SKUs in one bucket, with the stream's event-time clock."""
+    """The ledgers of the SKUs in one bucket, with the stream's event-time clock.
+
+    Lines wait until the watermark passes them, then apply in event-time order (ties
+    broken by kind and reference), each judged at its own event time. SKUs urgent only
+    by projection are re-judged on a grid of velocity slots. So every level change and
+    candidate depends only on the lines, never on how they were batched or interleaved.
+    """
 
     rules: StockRules
     clock: StreamClock = field(init=False)
     skus: dict[str, _Sku] = field(default_factory=dict)
     expiry: list[tuple[int, str, str, str]] = field(default_factory=list)  # (drop at, sku, order, pool) heap
     projected: set[str] = field(default_factory=set)  # SKUs urgent only by velocity projection
-    # (topic, partition) -> [latest event time, wall ms it last delivered]
-    partitions: dict[tuple[str, int], list[int]] = field(default_factory=dict)
-    started_wall_ms: int | None = None
-    _now_ms: int = 0  # wall clock of the current call
+    pending: list[StockLine] = field(default_factory=list)  # arrived, not yet passed by the watermark
+    applied_until: int | None = None  # lines before this have been applied (the last watermark)
+    next_tick: int | None = None  # next slot boundary at which projected SKUs are re-judged
+    unknown_skus: set[str] = field(default_factory=set)  # ordered, never seen in inventory
     _watermark: int | None = None  # low watermark: older state may be forgotten
-    _event_now: int | None = None  # the stream's event time during the current call (see `_stream_now`)
-    _sales_recorded: int = 0  # sales recorded so far: tells `add` a line moved a velocity
+    _event_now: int | None = None  # the event time being applied (the line's, or a tick's)
+    _sales_recorded: int = 0  # sales recorded so far: tells `_apply_lines` a line moved a velocity
 
     def __post_init__(self) -> None:
         self.clock = StreamClock(lateness_ms=self.rules.lateness_ms)
 
     def resume(self, now_ms: int) -> None:
-        """Restored from a snapshot: the downtime is not quiet input, and every
-        partition gets its turn again before anything is forgotten."""
-        self.clock.touch(now_ms)
-        self.started_wall_ms = now_ms
+        """Restored from a snapshot: the downtime is not quiet input, and every input
+        partition reports again before anything is applied or forgotten."""
+        self.clock.resume(now_ms)
 
-    def _low_watermark(self, now_ms: int) -> int | None:
-        if self.started_wall_ms is None or now_ms - self.started_wall_ms < self.rules.caught_up_after_ms:
-            return None
-        delivering = [ts for ts, wall in self.partitions.values() if now_ms - wall < self.rules.caught_up_after_ms]
-        base = min(delivering) if delivering else self.clock.max_event_ms
-        return None if base is None else base - self.rules.lateness_ms
+    def __setstate__(self, state: dict) -> None:
+        # A snapshot of the previous ledger (lines applied on arrival, its own per-partition
+        # watermark) resumes with nothing waiting and the stream clock's rule.
+        for stale in ("partitions", "started_wall_ms", "_now_ms"):
+            state.pop(stale, None)
+        state.setdefault("pending", [])
+        state.setdefault("applied_until", None)
+        state.setdefault("next_tick", None)
+        state.setdefault("unknown_skus", set())
+        self.__dict__.update(state)
 
     # -- input -------------------------------------------------------------------------------
-    def add(self, lines: list[StockLine], progress: dict[tuple[str, int], int], now_ms: int) -> StockChanges:
-        """Apply one batch. `progress` is the latest event time per input partition in
-        the whole input batch, so every bucket's clocks follow the stream, not its SKUs."""
-        if self.started_wall_ms is None:
-            self.started_wall_ms = now_ms
-        for source, ts in progress.items():
-            seen = self.partitions.get(source)
-            if seen is None:
-                self.partitions[source] = [ts, now_ms]
-            else:
-                seen[0] = max(seen[0], ts)
-                seen[1] = now_ms
-            self.clock.observe(ts, now_ms)
-        self._now_ms = now_ms
-        self._watermark = watermark = self._low_watermark(now_ms)
-        self._event_now = self._stream_now()  # fixed for the whole call: the clock moved above
-        retention_ms = self.rules.retention_ms
+    def add(self, lines: list[StockLine], progress: Progress, now_ms: int) -> StockChanges:
+        """One batch of this bucket's lines, and the whole input batch's progress, so every
+        bucket's clock follows the stream, not its SKUs."""
+        self.clock.advance(progress, now_ms)
+        if lines:
+            self.pending.extend(lines)
+        return self._run(now_ms)
+
+    def advance(self, now_ms: int) -> StockChanges:
+        """Quiet input: the watermark still passes waiting lines and projection ticks."""
+        return self._run(now_ms)
+
+    def flush(self) -> StockChanges:
+        """The input has ended (a finite replay): apply every waiting line."""
+        return self._run(None)
+
+    def next_wake_ms(self, now_ms: int) -> int | None:
+        """Wall time at which the quiet-input watermark reaches the next waiting line or tick."""
+        due = [self.pending[0].ts] if self.pending else []  # sorted by the last `_run`
+        if self.projected and self.next_tick is not None:
+            due.append(self.next_tick)
+        return self.clock.wall_time_when(min(due), now_ms) if due else None
+
+    def _run(self, now_ms: int | None) -> StockChanges:
         changes = StockChanges()
+        watermark = self.clock.watermark(now_ms) if now_ms is not None else self.clock.max_event_ms
+        if watermark is None:
+            return changes
+        if self.applied_until is not None and watermark < self.applied_until:
+            watermark = self.applied_until
+        pending = self.pending
+        ready: list[StockLine] = []
+        if pending:
+            pending.sort(key=_line_order)
+            cut = bisect_right(pending, watermark, key=_line_ts)
+            ready, self.pending = pending[:cut], pending[cut:]
+        self._watermark = watermark
+        self._apply_lines(ready, watermark, changes)
+        self.applied_until = watermark
+        self._expire()
+        return changes
+
+    def _apply_lines(self, lines: list[StockLine], watermark: int, changes: StockChanges) -> None:
         dirty: dict[str, _Sku] = {}
-        # A SKU's judgement after its latest line in this batch. A level depends only on
-        # each pool's available units, safety stock and sales (and the stream time, fixed
-        # here), so a line that moves none of them (a payment, a re-delivered status)
-        # leaves the judgement as it was and judging again would change nothing.
+        # A SKU's judgement after its latest line. A level depends only on each pool's
+        # available units, safety stock and sales (and the event time), so a line that
+        # moves none of them (a payment, a re-delivered status) leaves the judgement as it
+        # was and judging again would change nothing.
         judged: dict[str, _Judgement] = {}
         skus = self.skus
+        retention_ms = self.rules.retention_ms
+        unknown_before = len(self.unknown_skus)
         for line in lines:
+            self._tick_until(line.ts, dirty, judged, changes)
+            if self._event_now is None or line.ts > self._event_now:
+                self._event_now = line.ts
             name = line.sku
             sku = skus.get(name)
             if sku is None:
@@ -396,43 +455,59 @@ class StockLedger:
             if self._apply(sku, line, changes):
                 if line.ts > sku.updated_ts:
                     sku.updated_ts = line.ts
+                if not sku.known:
+                    self.unknown_skus.add(name)
+                    continue  # no level, view or alert before inventory has told us about the SKU
+                self.unknown_skus.discard(name)
                 pool = sku.pools[line.pool]
                 if (name not in judged or sales != self._sales_recorded
                         or before != (pool.available, pool.safety_stock)):
                     judged[name] = self._judge(sku, line.ts, changes, line.ref)
                 dirty[name] = sku
-            if watermark is not None:
-                sku.pools[line.pool].prune(watermark, retention_ms)
-        self._rejudge_projected(dirty, changes)
+            sku.pools[line.pool].prune(watermark, retention_ms)
+        self._tick_until(watermark, dirty, judged, changes)
+        self._report_unknown(unknown_before, watermark, changes)
         changes.views.extend(self._view(sku, judged.get(name)) for name, sku in dirty.items())
-        self._expire()
-        return changes
 
-    def advance(self, now_ms: int) -> StockChanges:
-        """Quiet input: time still passes for velocity projections."""
-        self._now_ms = now_ms
-        self._watermark = self._low_watermark(now_ms)
-        self._event_now = self._stream_now()
-        changes = StockChanges()
-        dirty: dict[str, _Sku] = {}
-        self._rejudge_projected(dirty, changes)
-        changes.views.extend(self._view(sku) for sku in dirty.values())
-        self._expire()
-        return changes
+    def _tick_until(self, until: int, dirty: dict[str, _Sku], judged: dict[str, _Judgement],
+                    changes: StockChanges) -> None:
+        """Re-judge SKUs urgent only by projection at each slot boundary up to `until`:
+        they cool down as sales slow, without events of their own."""
+        slot_ms = self.rules.slot_ms
+        if self.next_tick is None or not self.projected:
+            self.next_tick = until - until % slot_ms + slot_ms
+            return
+        while self.projected and self.next_tick <= until:
+            tick = self._event_now = max(self.next_tick, self._event_now or self.next_tick)
+            for name in sorted(self.projected):
+                sku = self.skus[name]
+                before = sku.level
+                judged[name] = self._judge(sku, tick, changes)
+                if sku.level != before:
+                    dirty[name] = sku
+            self.next_tick += slot_ms
+        if self.next_tick <= until:  # nothing projected: skip the quiet stretch
+            self.next_tick = until - until % slot_ms + slot_ms
 
-    def next_wake_ms(self, now_ms: int) -> int | None:
-        """Wall time to re-judge projections when input is quiet (one velocity slot on)."""
-        if not self.projected or self.clock.max_event_ms is None:
-            return None
-        return now_ms + self.rules.slot_ms
-
-    def _stream_now(self) -> int | None:
-        """The stream's current event time (the latest event, plus wall time while quiet).
-
-        `add` and `advance` compute it once into `_event_now`: it depends only on the
-        clock and the call's wall time, which do not change during the call."""
-        watermark = self.clock.watermark(self._now_ms)
-        return None if watermark is None else watermark + self.rules.lateness_ms
+    def _report_unknown(self, unknown_before: int, ts: int, changes: StockChanges) -> None:
+        """One `stock.unknown_sku` candidate for all the SKUs ordered but never stocked, not
+        one per SKU: an order of thousands of unknown SKUs is one problem for on-call."""
+        unknown = self.unknown_skus
+        if len(unknown) == unknown_before:
+            return
+        if unknown:
+            sample = sorted(unknown)[:UNKNOWN_SKU_SAMPLE]
+            changes.candidates.append(AlertCandidate(
+                ts=ts, rule="stock.unknown_sku", key="orders", active=True, severity="warning",
+                summary=f"{len(unknown)} SKU(s) ordered but never seen in inventory, e.g. {', '.join(sample[:5])}",
+                value=float(len(unknown)), threshold=0.0, runbook=UNKNOWN_SKU_RUNBOOK,
+                detail={"unknown_skus": len(unknown), "sample": sample},
+            ))
+        else:
+            changes.candidates.append(AlertCandidate(
+                ts=ts, rule="stock.unknown_sku", key="orders", active=False, severity="warning",
+                summary="every ordered SKU is known to inventory", value=0.0, threshold=0.0,
+            ))
 
     def _apply(self, sku: _Sku, line: StockLine, changes: StockChanges) -> bool:
         """Apply one line; False when it changed nothing (a duplicate)."""
@@ -634,23 +709,9 @@ class StockLedger:
             "velocity_per_min": round(velocity, 3),
         }
 
-    def _rejudge_projected(self, dirty: dict[str, _Sku], changes: StockChanges) -> None:
-        """SKUs urgent only by projection cool down as sales slow, without events of their own."""
-        now = self._event_now
-        if now is None:
-            return
-        for name in sorted(self.projected):
-            if name in dirty:
-                continue
-            sku = self.skus[name]
-            before = sku.level
-            self._judge(sku, now, changes)
-            if sku.level != before:
-                dirty[name] = sku
-
     def _view(self, sku: _Sku, judgement: _Judgement | None = None) -> StockView:
         if judgement is None:
-            judgement = self._judgement(sku, self._stream_now())
+            judgement = self._judgement(sku, self._event_now)
         spot = sku.pools.get("spot")
         presale = sku.pools.get("presale")
         velocity = judgement.velocity

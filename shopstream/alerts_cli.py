@@ -46,6 +46,16 @@ def add_arguments(subparsers) -> None:
     ack.add_argument("dedup_key", metavar="DEDUP_KEY", help="rule:key, as `alerts tail` shows it")
     ack.add_argument("--note", default="", help="why, for the next person")
     ack.set_defaults(handler=cmd_ack)
+    forward = actions.add_parser(
+        "forward", help="forward the alerts topic to Alertmanager (SHOPSTREAM_ALERTMANAGER_URL) and/or "
+        "PagerDuty Events v2 (SHOPSTREAM_PAGERDUTY_ROUTING_KEY); runs until stopped")
+    forward.set_defaults(handler=cmd_forward)
+
+
+def cmd_forward(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.forwarder import run_forwarder
+
+    return run_forwarder(settings)
 
 
 # -- formatting ---------------------------------------------------------------------------------

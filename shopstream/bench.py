@@ -40,6 +40,7 @@ from state.serde import decode_event, dumps, loads
 SHARED_BACKLOG_FLOWS = ("intake",)
 OWN_BENCHMARKS = {
     "stock": "python -m shopstream.benchmarks.stock",
+    "pricing": "python -m shopstream.benchmarks.pricing",
     "funnel": "python -m shopstream.benchmarks.funnel throughput|freshness|memory",
     "alerts": "python -m shopstream.benchmarks.alerts latency|storm",
     "coupons": "python -m shopstream.benchmarks.coupons throughput|latency|memory",

@@ -9,17 +9,25 @@ without recovered state warm-starts from.
 
 Sources: the `orders` and `clickstream` topics read to their current end (default),
 or a seeded simulated history (`--simulate-customers`, see simulators/histories.py).
+`--orders-topic` / `--clickstream-topic` read other topics (an archive, another
+environment's): contract names get the topic prefix, any other name is used as is.
+`--traffic-flags-topic` adds the traffic flow's flags (not read unless named: a history
+from before the traffic flow ran has none).
+
+A history with no usable order or click, or one that teaches no label, fails (exit 1)
+and saves nothing: an untrained model must never become the latest.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-import uuid
 from typing import Iterable
 
 from shopstream.settings import Settings
 from state.kafka import InputRecord
+from state.topic_history import TopicError, read_to_end, resolve_topic
 
 
 def add_arguments(subparsers) -> None:
@@ -32,49 +40,20 @@ def add_arguments(subparsers) -> None:
     train.add_argument("--seed", type=int, default=1, help="simulated history seed")
     train.add_argument("--continue", dest="continue_training", action="store_true",
                        help="start from the latest checkpoint instead of a new model")
+    train.add_argument("--orders-topic", default="orders",
+                       help="topic of order events (default orders; a contract name gets the topic prefix, "
+                       "any other name is used as is)")
+    train.add_argument("--clickstream-topic", default="clickstream",
+                       help="topic of clickstream events (default clickstream; same naming rule)")
+    train.add_argument("--traffic-flags-topic", default=None,
+                       help="also read the traffic flow's flags from this topic (e.g. traffic-flags; same "
+                       "naming rule), so brushing orders are taken back as the flow takes them back")
     train.set_defaults(handler=cmd_train)
 
 
 def topic_history(settings: Settings, topics: Iterable[str], timeout_s: float = 120.0) -> list[InputRecord]:
-    """Every message of the topics up to their current end, in event-time order.
-
-    Sorted in memory: the replay applies events in event-time order only within the
-    allowed lateness, and partitions read one after another are hours apart."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from state.serde import loads
-
-    consumer = Consumer({**settings.kafka_config(), "group.id": f"churn-train-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
-    records: list[tuple[int, InputRecord]] = []
-    try:
-        for topic in topics:
-            real = settings.topic(topic)
-            partitions = consumer.list_topics(real, timeout=10).topics[real].partitions
-            ends = {p: consumer.get_watermark_offsets(TopicPartition(real, p, 0), timeout=10)[1] for p in partitions}
-            pending = {p for p, end in ends.items() if end > 0}
-            consumer.assign([TopicPartition(real, p, 0) for p in pending])
-            deadline = time.monotonic() + timeout_s
-            while pending and time.monotonic() < deadline:
-                for msg in consumer.consume(10_000, 0.5):
-                    if msg.error():
-                        continue
-                    value = msg.value()
-                    try:
-                        ts = int(loads(value)["ts"])
-                    except Exception:  # malformed: the replay skips it (intake dead-letters it)
-                        ts = msg.timestamp()[1]
-                    records.append((ts, InputRecord(topic, msg.partition(), msg.offset(), value,
-                                                    msg.timestamp()[1], msg.key())))
-                    if msg.offset() + 1 >= ends[msg.partition()]:
-                        pending.discard(msg.partition())
-            if pending:
-                raise TimeoutError(f"could not read {real} to its end within {timeout_s}s")
-            consumer.unassign()
-    finally:
-        consumer.close()
-    records.sort(key=lambda pair: pair[0])
-    return [record for _, record in records]
+    """Every message of the contract topics up to their current end, in event-time order."""
+    return read_to_end(settings, {settings.topic(topic): topic for topic in topics}, timeout_s)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,14 +72,45 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         records = input_records(history)
         source = f"simulated history: {args.simulate_customers} customers, {args.days} days, seed {args.seed}"
     else:
-        records = topic_history(settings, CHURN_TOPICS)
-        source = f"topics {', '.join(settings.topic(t) for t in CHURN_TOPICS)} to their end"
+        named = {"orders": args.orders_topic, "clickstream": args.clickstream_topic,
+                 "traffic-flags": args.traffic_flags_topic}
+        topics = {resolve_topic(settings, named[t]): t for t in CHURN_TOPICS if named[t]}
+        try:
+            records = read_to_end(settings, topics)
+        except TopicError as err:
+            print(f"churn train: {err}", file=sys.stderr)
+            return 1
+        source = f"topics {', '.join(topics)} to their end"
     model = new_model(config) if args.continue_training else ChurnModel(config.rules.rfm.feature_names,
                                                                        config.model_rules)
+    labels_before = model.labels_learned
     tune_gc_for_long_lived_state()  # millions of records stay in memory: keep the collector off them
     started = time.perf_counter()
     run = pretrain(records, config, model)
     elapsed = time.perf_counter() - started
+    if run.customers == 0:
+        print(f"churn train: no usable order or clickstream events in {source} ({len(records):,} messages read); "
+              "nothing saved", file=sys.stderr)
+        return 1
+    span_days = (run.last_event_ts - run.first_event_ts) / 86_400_000
+    if run.model.labels_learned == labels_before:
+        print(f"churn train: {len(records):,} events of {run.customers:,} customers taught no label: a label date "
+              f"comes every SHOPSTREAM_CHURN_LABEL_PERIOD_DAYS ({settings.churn_label_period_days}) days per paying "
+              f"customer and its label (churned or active) is learned SHOPSTREAM_CHURN_HORIZON "
+              f"({config.rules.horizon_ms / 86_400_000:g} days) after it, all within the history (about "
+              f"{span_days:.0f} days here): shorten the horizon or replay more history ({source}); nothing saved",
+              file=sys.stderr)
+        return 1
+    churned = run.model.churned_learned
+    active = run.model.labels_learned - churned
+    if not churned or not active:
+        print(f"churn train: the history taught {churned:,} churned and {active:,} active labels: a model taught one "
+              f"outcome only says everyone {'churns' if churned else 'stays'}. A churned label needs "
+              f"SHOPSTREAM_CHURN_HORIZON ({config.rules.horizon_ms / 86_400_000:g} days) of quiet after a label date, "
+              f"all within the history (about {span_days:.0f} days here): shorten the horizon or replay more "
+              f"history ({source}); nothing saved (the flow scores with BG/NBD until its regression has learned "
+              "both outcomes)", file=sys.stderr)
+        return 1
     version = ModelStore(settings.churn_model_dir).save(MODEL_NAME, run.model, {
         "source": source,
         "events": len(records),
@@ -108,6 +118,10 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "churned_labels": run.model.churned_learned,
         "last_event_ts": run.last_event_ts,
     })
+    if not run.model.trained:
+        print(f"churn train: {churned:,} churned and {active:,} active labels, fewer than "
+              f"{config.model_rules.min_labels_per_class} of one outcome: the flow scores with BG/NBD until its "
+              "regression has learned that many", file=sys.stderr)
     print(f"churn model v{version} saved in {settings.churn_model_dir / MODEL_NAME}: {len(records):,} events "
           f"replayed in {elapsed:.1f}s, {run.model.labels_learned:,} labels learned "
           f"({run.model.churned_learned:,} churned), {run.customers:,} customers ({source})")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+from shopstream.masking import Masker
 from shopstream.services import ServiceError
 from shopstream.settings import ConfigError, Settings
 from state.kafka import DeliveryError
@@ -50,10 +52,25 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return run_flows(settings, args.flows, log_dir=args.log_dir)
 
 
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.runner import format_status, read_status
+
+    text, code = format_status(read_status(settings))
+    print(text)
+    return code
+
+
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from shopstream.demo import run_demo
 
     return run_demo(settings, duration_s=args.duration, keep_services=args.keep_services)
+
+
+def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.dashboard.app import serve
+    from shopstream.dashboard.config import DashboardConfig
+
+    return serve(settings, DashboardConfig.from_env(os.environ, host=args.host, port=args.port))
 
 
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -103,10 +120,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-dir", type=Path, help="write each process's output to a file here")
     run.set_defaults(handler=_cmd_run)
 
+    status = commands.add_parser(
+        "status", help="every flow of the running `shopstream run`: state, restarts, last error "
+        "(exit code 0 only when all are running)"
+    )
+    status.set_defaults(handler=_cmd_status)
+
     demo = commands.add_parser("demo", help="services up, flows running, traffic flowing, live summary")
     demo.add_argument("--duration", type=float, default=90.0, help="seconds to run (default 90)")
     demo.add_argument("--keep-services", action="store_true", help="leave Kafka and Redis running")
     demo.set_defaults(handler=_cmd_demo)
+    dashboard = commands.add_parser(
+        "dashboard", help="the live operations page over Redis (SHOPSTREAM_DASHBOARD_*; see the README)"
+    )
+    dashboard.add_argument("--host", help="address to bind (SHOPSTREAM_DASHBOARD_HOST, default 127.0.0.1)")
+    dashboard.add_argument("--port", type=int, help="port (SHOPSTREAM_DASHBOARD_PORT, default 8050)")
+    dashboard.set_defaults(handler=_cmd_dashboard)
     from shopstream import alerts_cli
 
     alerts_cli.add_arguments(commands)
@@ -139,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Secrets never printed: every log line and every error below is masked.
+    masker = Masker.from_env(os.environ)
+    masker.install()
+    sys.excepthook = masker.excepthook
     try:
         settings = Settings.from_env()
         overrides = {}
@@ -151,12 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             settings.validate()
         return args.handler(args, settings)
     except ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
+        print(f"configuration error: {masker.redact(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except (ServiceError, DeliveryError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {masker.redact(str(err))}", file=sys.stderr)
         return 1
 
 

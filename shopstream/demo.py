@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import replace
 
 
+from operators.traffic_kpi import clean_kpi
 from shopstream import services
 from shopstream.runner import FlowProcess, preflight, resolve_flows, start_flows, stop_all
 from shopstream.settings import INPUT_TOPICS, Settings
@@ -54,7 +55,7 @@ def _simulator_command(duration_s: float) -> list[str]:
         "shopstream.cli",
         "simulate",
         "--scenario",
-        "normal,card_testing",
+        "normal,card_testing,brushing",
         "--start",
         str(shop_evening_start(time.time()) - DEMO_PREROLL_MS),
         "--preroll",
@@ -74,6 +75,35 @@ def _simulator_command(duration_s: float) -> list[str]:
         "--shoppers",
         "4000000",
     ]
+
+
+def start_dashboard(settings: Settings, log_dir) -> tuple[subprocess.Popen | None, str]:
+    """`shopstream dashboard` over the demo's keys; its configured port, or a free one if taken."""
+    import socket
+
+    from shopstream.dashboard.config import DashboardConfig
+    from shopstream.settings import ConfigError
+
+    try:
+        config = DashboardConfig.from_env(os.environ)
+    except ConfigError as err:
+        return None, f"not started: {err}"
+    port = config.port
+    with socket.socket() as probe:
+        if probe.connect_ex((config.host if config.host != "0.0.0.0" else "127.0.0.1", port)) == 0:
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                port = free.getsockname()[1]
+    with open(log_dir / "dashboard.log", "ab") as dashboard_log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shopstream.cli", "dashboard", "--port", str(port)],
+            env={**os.environ, **settings.to_env()},
+            stdout=dashboard_log,
+            stderr=subprocess.STDOUT,
+        )
+    host = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
+    url = f"http://{host}:{port}/"
+    return process, url + (" (add ?token=$SHOPSTREAM_DASHBOARD_TOKEN once)" if config.token else "")
 
 
 def _window_history(client, settings: Settings, series: str) -> list[dict]:
@@ -109,6 +139,7 @@ def render_summary(client, settings: Settings, processes: list[FlowProcess], sta
     lines.append("  " + _coupon_line(client, settings))
     lines.append("  " + _fraud_line(client, settings))
     lines.append("  " + _churn_line(client, settings))
+    lines.append("  " + _traffic_line(client, settings))
     health = ", ".join(
         f"{p.flow_name}#{p.process_id} {'running' if p.popen.poll() is None else f'exited {p.popen.returncode}'}"
         for p in processes
@@ -124,9 +155,32 @@ def _funnel_line(client, settings: Settings) -> str:
         return "funnel: no window closed yet"
     stages = " > ".join(f"{name} {count}" for name, count in loads(funnel)["stages"].items())
     kpi = loads(kpi)
+    # Clean figures: the traffic flow's flagged orders of the window taken out.
+    flagged = client.get(settings.redis_key(f"traffic:window:{kpi.get('window_start')}"))
+    kpi = clean_kpi(kpi, [loads(flagged)] if flagged is not None else [])
     success = kpi["payment_success_rate"]
-    return (f"funnel (last window): {stages}; GMV {kpi['gmv']:,.0f}, {kpi['orders']} orders, "
+    apart = (f" ({kpi['flagged_orders']} flagged orders, {kpi['flagged_gmv']:,.0f} GMV, left out)"
+             if kpi["flagged_orders"] else "")
+    return (f"funnel (last window): {stages}; GMV {kpi['gmv']:,.0f}, {kpi['orders']} orders{apart}, "
             f"{kpi['uv']} visitors, payments {'-' if success is None else f'{success:.0%} ok'}")
+
+
+def _traffic_line(client, settings: Settings) -> str:
+    """Brushing rings and click farms found (the traffic flow's `ring:*` hashes)."""
+    rings = orders = sessions = 0
+    gmv = 0.0
+    for key in client.scan_iter(match=settings.redis_key("ring:*"), count=1000):
+        fields = client.hmget(key, "flagged_orders", "flagged_gmv", "flagged_sessions")
+        try:
+            orders += int(fields[0] or 0)
+            gmv += float(fields[1] or 0)
+            sessions += int(fields[2] or 0)
+        except ValueError:
+            continue
+        rings += 1
+    if not rings:
+        return "traffic: no ring found"
+    return f"traffic: {rings} rings, {orders} fake orders ({gmv:,.0f} GMV) and {sessions} farm sessions flagged"
 
 
 def _stock_line(client, settings: Settings) -> str:
@@ -234,6 +288,7 @@ def run_demo(settings: Settings, duration_s: float, keep_services: bool) -> int:
     log_dir = settings.services_dir / "logs"
     processes: list[FlowProcess] = []
     simulator = None
+    dashboard = None
     client = connect(settings)
     try:
         processes = start_flows(settings, resolve_flows(None), log_dir)
@@ -244,11 +299,14 @@ def run_demo(settings: Settings, duration_s: float, keep_services: bool) -> int:
                 stdout=simulator_log,
                 stderr=subprocess.STDOUT,
             )
+        dashboard, dashboard_url = start_dashboard(settings, log_dir)
         print(f"flows and simulator running; logs in {log_dir}; Ctrl-C stops", flush=True)
+        print(f"live dashboard: {dashboard_url}", flush=True)
         started = time.monotonic()
         while time.monotonic() - started < duration_s:
             time.sleep(REFRESH_S)
             print(render_summary(client, settings, processes, started), flush=True)
+            print(f"  dashboard: {dashboard_url}", flush=True)
             failed = [p for p in processes if p.popen.poll() is not None]
             if failed:
                 print(f"a flow stopped; see {log_dir}", file=sys.stderr)
@@ -265,6 +323,13 @@ def run_demo(settings: Settings, duration_s: float, keep_services: bool) -> int:
             except subprocess.TimeoutExpired:
                 simulator.kill()
                 simulator.wait()
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            try:
+                dashboard.wait(10)
+            except subprocess.TimeoutExpired:
+                dashboard.kill()
+                dashboard.wait()
         stop_all(processes)
         client.close()
         # Services someone started before the demo are theirs to stop.

@@ -45,6 +45,7 @@ from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from shopstream.masking import mask_url
 from shopstream.settings import ALL_TOPICS, Settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ INSTALL_HINTS = {
     "java": "install Java 17: apt-get install openjdk-17-jre-headless",
     "mvn": "install Maven: apt-get install maven",
     "redis-server": "install Redis: apt-get install redis-server",
+    "prometheus": "install Prometheus: apt-get install prometheus",
+    "prometheus-alertmanager": "install Alertmanager: apt-get install prometheus-alertmanager",
 }
 
 # A loopback service that is up answers well within these.
@@ -678,7 +681,7 @@ def _check_can_run_locally(settings: Settings) -> None:
     loopback_ip(settings.redis_host_port[0], "REDIS_URL")
     if not settings.redis_url.startswith("redis://"):
         raise ServiceError(
-            f"REDIS_URL is {settings.redis_url!r}; the local Redis speaks plain TCP: "
+            f"REDIS_URL is {mask_url(settings.redis_url)!r}; the local Redis speaks plain TCP: "
             "use redis://HOST:PORT/DB"
         )
     if settings.kafka_security:
@@ -894,6 +897,27 @@ def _wipe(settings: Settings) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def restart_kafka(settings: Settings, timeout_s: float = 120) -> None:
+    """Stop the local broker (SIGTERM, as `down` does) and start it again on the same data.
+
+    For outage tests and drills: clients see the broker go away and come back on the same
+    address. Only a broker `up` started is restarted."""
+    with exclusive_lock(services_root(settings) / LOCK_FILE):
+        service = _kafka_service(settings)
+        pid = service.pid
+        if pid is None:
+            raise ServiceError(f"no Kafka started by shopstream runs on {service.address}")
+        _signal(pid, signal.SIGTERM)
+        _stop(service, pid, time.monotonic() + timeout_s)
+        service.start()
+        _wait_until_answering(service, time.monotonic() + timeout_s, timeout_s)
+
+
+def redis_pid(settings: Settings) -> int | None:
+    """The pid of the local Redis `up` started (e.g. to pause it with SIGSTOP in a drill)."""
+    return _redis_service(settings).pid
+
+
 def status(settings: Settings) -> dict[str, ServiceStatus]:
     return {service.name: _status_of(service) for service in _services(settings)}
 
@@ -931,3 +955,144 @@ def format_status(statuses: Mapping[str, ServiceStatus]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
         for row in rows
     )
+
+
+# -- Prometheus and Alertmanager (issue 20) ------------------------------------------------------
+#
+# The Debian packages' binaries, started by the same launcher as Kafka and Redis (detached,
+# pid file with start time, stopped only if still ours), each in a directory of its own:
+# config file, data and log there. Used by the integration tests and benchmarks; a production
+# Prometheus or Alertmanager is the operator's own.
+
+
+@dataclass(frozen=True)
+class MonitoringService:
+    """A Prometheus or Alertmanager started by `start_prometheus` / `start_alertmanager`."""
+
+    name: str  # "prometheus" | "alertmanager"
+    directory: Path
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / f"{self.name}.yml"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / f"{self.name}.log"
+
+    @property
+    def pid(self) -> int | None:
+        return owned_pid(self.pid_file, str(self.config_file))
+
+
+def http_ready(host: str, port: int, path: str = "/-/ready", timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Prometheus and Alertmanager answer 200 on /-/ready once they serve."""
+    import http.client
+
+    if not accepts_connections(host, port, timeout_s):
+        return False
+    connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+ALERTMANAGER_NULL_CONFIG = """route:
+  receiver: "null"
+  group_by: [alertname]
+receivers:
+  - name: "null"
+"""
+
+
+def alertmanager_command(binary: str, service: MonitoringService) -> list[str]:
+    return [
+        binary,
+        f"--config.file={service.config_file}",
+        f"--storage.path={service.directory / 'data'}",
+        f"--web.listen-address={service.host}:{service.port}",
+        # No HA gossip: it would listen on 9094 whatever the web port.
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+
+
+def prometheus_command(binary: str, service: MonitoringService) -> list[str]:
+    return [
+        binary,
+        f"--config.file={service.config_file}",
+        f"--storage.tsdb.path={service.directory / 'data'}",
+        f"--web.listen-address={service.host}:{service.port}",
+        "--log.level=warn",
+    ]
+
+
+def _monitoring(service: MonitoringService, command: Callable[[str, MonitoringService], list[str]],
+                binary_name: str) -> _Service:
+    def start() -> None:
+        binary = find_executable(binary_name)
+        (service.directory / "data").mkdir(parents=True, exist_ok=True)
+        pid = spawn_detached(command(binary, service), service.log, service.directory)
+        write_pid_file(service.pid_file, pid)
+        log.info("started %s (pid %d) on %s:%d", service.name, pid, service.host, service.port)
+
+    return _Service(
+        name=service.name,
+        host=service.host,
+        port=service.port,
+        pid_file=service.pid_file,
+        logs=(service.log,),
+        command_marker=str(service.config_file),
+        answers=lambda: http_ready(service.host, service.port),
+        start=start,
+    )
+
+
+def _start_monitoring(service: MonitoringService, config_text: str, timeout_s: float,
+                      command: Callable[[str, MonitoringService], list[str]], binary_name: str) -> MonitoringService:
+    loopback_ip(service.host, service.name)
+    service.directory.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(service.directory / LOCK_FILE):
+        service.config_file.write_text(config_text)
+        launcher = _monitoring(service, command, binary_name)
+        if _ensure_launched(launcher):
+            _wait_until_answering(launcher, time.monotonic() + timeout_s, timeout_s)
+    return service
+
+
+def start_alertmanager(directory: Path, port: int, config_text: str = ALERTMANAGER_NULL_CONFIG,
+                       timeout_s: float = 60) -> MonitoringService:
+    """Start Debian's `prometheus-alertmanager` on loopback `port`; returns once it is ready.
+    Data stays in `directory`, so a stop and start keeps the alerts it holds (silences, too)."""
+    service = MonitoringService("alertmanager", directory.resolve(), port)
+    return _start_monitoring(service, config_text, timeout_s, alertmanager_command, "prometheus-alertmanager")
+
+
+def start_prometheus(directory: Path, port: int, config_text: str, timeout_s: float = 60) -> MonitoringService:
+    """Start Debian's `prometheus` on loopback `port` with `config_text` as prometheus.yml."""
+    service = MonitoringService("prometheus", directory.resolve(), port)
+    return _start_monitoring(service, config_text, timeout_s, prometheus_command, "prometheus")
+
+
+def stop_monitoring(service: MonitoringService, timeout_s: float = 30) -> None:
+    """SIGTERM (then SIGKILL) the service if it is still the one we started. Idempotent."""
+    with exclusive_lock(service.directory / LOCK_FILE):
+        launcher = _monitoring(service, alertmanager_command, service.name)
+        pid = launcher.pid
+        if pid is not None:
+            _signal(pid, signal.SIGTERM)
+        _stop(launcher, pid, time.monotonic() + timeout_s)

@@ -22,6 +22,7 @@ from simulators.profile import PROFILE, ShopProfile
 from simulators.scenarios import FlashSale, ScenarioPlan, parse_scenarios
 from simulators.sessions import browse, flash_visit, open_visit
 from simulators.timeline import HOUR, MINUTE
+from simulators.traffic_fraud import ring_start_task
 from simulators.truth import BadEvent, LapsingCustomer, TruthRecord
 from simulators.world import World
 from state.serde import dumps, loads, raw_text
@@ -161,6 +162,8 @@ def _build_world(params: SimulationParams) -> World:
         w.schedule(sale.start, _flash_start_task, sale)
     for burst in w.plan.bursts:
         w.schedule(burst.start, burst_task, burst)
+    for ring in w.plan.rings:
+        w.schedule(ring.start, ring_start_task, ring)
     w.schedule(w.start_ms + int(w.ops_rng.expovariate(params.profile.adjustments_per_hour / HOUR)),
                adjustment_task)
     w.schedule(w.start_ms, _arrivals_task, _fraud_visit_share(w))

@@ -2,7 +2,8 @@
 
 An order is `created` (stock reserved), then the shopper pays or not: a payment is
 `requested` (the fraud engine decides on it), then `succeeded` or `failed`; a
-decline may be retried once. A paid order is `paid`, and later maybe `refunded`;
+decline may be retried once. A paid order is `paid`, and later maybe `refund_requested`
+and `refunded` seconds later;
 an unpaid one is `cancelled` when it times out (stock released). Chargebacks
 arrive days later in event time. The simulator is open loop: it does not see the
 engine's fraud decisions, so a payment "succeeds" or "fails" on its own draw.
@@ -194,7 +195,12 @@ def settle(w: "World", ts: int, v: "Visit", order: Order, always_attempt: bool =
 def _after_paid(w: "World", paid_ts: int, order: Order, payment_id: str, method: str) -> None:
     p, rng = w.profile, w.rng
     if rng.random() < p.refund_rate:
-        emit_order(w, paid_ts + lognormal_ms(rng, 3 * DAY, 0.6), order, "refunded")
+        requested_ts = paid_ts + lognormal_ms(rng, 3 * DAY, 0.6)
+        emit_order(w, requested_ts, order, "refund_requested")
+        # The refund service's response time, from the order's own stream so the shop's
+        # other draws stay where they were.
+        response = lognormal_ms(Random(f"refund:{order.order_id}"), p.refund_response_median_ms, 0.5)
+        emit_order(w, requested_ts + response, order, "refunded")
     if rng.random() < p.friendly_chargeback_rate:
         ts = paid_ts + chargeback_delay(rng, p.chargeback_delay_median_days)
         chargeback(w, ts, order, payment_id, method)

@@ -12,6 +12,10 @@ placed inside the run (roughly its middle third) and clamped to its length.
 - `card_testing`: bursts of small payments from one device and IP across many cards.
 - `payment_outage`: the payment failure rate jumps for a few minutes.
 - `traffic_drop`: one channel goes dark (no clicks at all) for 10-20 minutes.
+- `brushing`: rings of 20-200 accounts place scripted fake orders for a few SKUs
+  (`simulators.traffic_fraud`), among ordinary crowds behind shared NAT addresses.
+- `click_farm`: farm accounts open scripted sessions on a campaign's SKUs without ordering,
+  among the same shared-address crowds.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ from simulators.draws import poisson
 from simulators.population import random_card, random_device_id, random_ip
 from simulators.profile import ShopProfile
 from simulators.timeline import DAY, MINUTE, SECOND, DailyCurve
+from simulators.traffic_fraud import Ring, SharedAddresses, plan_rings, shared_addresses, shared_addresses_incident
 from simulators.truth import Incident
 
-SCENARIOS = ("normal", "double11", "flash_sale", "card_testing", "payment_outage", "traffic_drop")
+SCENARIOS = ("normal", "double11", "flash_sale", "card_testing", "payment_outage", "traffic_drop", "brushing",
+             "click_farm")
+TRAFFIC_FRAUD = frozenset({"brushing", "click_farm"})
 
 DOUBLE11_PLATEAU = 10.0  # PLAYBOOK: plan for 5x-10x normal traffic
 DOUBLE11_SPIKE = 2.0  # the midnight rush on top of the plateau: 30x at 00:00
@@ -111,6 +118,9 @@ class ScenarioPlan:
         self._base_failure_rate = profile.payment_failure_rate
         self._dark: dict[str, list[tuple[int, int]]] = {}
         self._peak: int | None = None
+        # Traffic fraud: rings and farms, and ordinary crowds behind shared addresses.
+        self.rings: list[Ring] = []
+        self.addresses: SharedAddresses | None = None
 
         def rng_for(name: str) -> Random:
             return Random(f"{seed}:scenario:{name}")
@@ -173,6 +183,17 @@ class ScenarioPlan:
                     detail={"bursts": [{"burst_id": b.burst_id, "device_id": b.device_id, "ip": b.ip,
                                         "start_ts": b.start, "end_ts": b.end, "attempts": len(b.attempt_ts)}
                                        for b in bursts]},
+                ))
+        if TRAFFIC_FRAUD & set(names):
+            rng = rng_for("traffic_fraud")
+            self.addresses = shared_addresses(rng, tag)
+            self.incidents.append(shared_addresses_incident(start, end, self.addresses))
+            self.rings = plan_rings(rng, names, start, end, tag, catalog, self.addresses)
+            for ring in self.rings:
+                self.incidents.append(Incident(
+                    ts=ring.start, name=ring.kind, start_ts=ring.start, end_ts=ring.end,
+                    detail={"ring_id": ring.ring_id, "size": ring.size, "skus": [s.id for s in ring.skus],
+                            "devices": len(ring.devices), "ips": list(ring.ips)},
                 ))
         self.has_dark_channels = bool(self._dark)
         # Card testing also happens on ordinary days, now and then (not an incident).

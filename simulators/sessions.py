@@ -95,7 +95,8 @@ def _number(value: float) -> str:
 
 
 def open_visit(w: "World", shopper: Shopper, ts: int, kind: str, channel: str | None = None,
-               device: str | None = None, ip: str | None = None, region: str | None = None) -> Visit | None:
+               device: str | None = None, ip: str | None = None, region: str | None = None,
+               device_id: str | None = None) -> Visit | None:
     """A new session, or None when the shopper's channel is dark right now."""
     rng = w.rng
     if channel is None:
@@ -111,6 +112,10 @@ def open_visit(w: "World", shopper: Shopper, ts: int, kind: str, channel: str | 
     v.channel = channel
     v.region = region or shopper.region
     v.device = device or shopper.device_for(channel)
+    addresses = plan.addresses
+    if addresses is not None and ip is None:
+        # Behind a NAT or a carrier's gateway: the address many other shoppers share.
+        ip = addresses.home_ip(shopper.user_id) or addresses.carrier_ip(shopper.user_id, v.session_id, channel)
     v.ip = ip or shopper.ip
     v.stop_ms = plan.stop_for(channel, ts) if plan.has_dark_channels else w.end_ms
     v.kind = kind
@@ -121,6 +126,8 @@ def open_visit(w: "World", shopper: Shopper, ts: int, kind: str, channel: str | 
     # nothing to escape (the contract tests parse every event).
     v._head = (f'"user_id":"{v.user_id}","session_id":"{v.session_id}","channel":"{channel}",'
                f'"region":"{v.region}","device":"{v.device}","ip":"{v.ip}"')
+    if addresses is not None:
+        v._head += f',"device_id":"{device_id or addresses.click_device_id(v.user_id)}"'
     if shopper.variant is not None:
         v._head += "," + _experiment_json(w.profile.experiment_name, shopper.variant)
     return v

@@ -16,6 +16,10 @@ records in event-time order as its output passes their `ts`, so a run cut short
 - `incident`        a scenario window (`start_ts`..`end_ts`, `ts` = start).
 - `lapsing_customer`  a shopper whose visit rate is decaying (at first visit).
 - `bad_event`       a malformed message injected on purpose (`--bad-rate`).
+- `ring_member`     an account of a brushing ring or click farm (at its first session).
+- `fake_order`      an order placed by a brushing ring (`ts` = created), with its SKU,
+                    payment time and refund time if the refund falls inside the run.
+- `fake_session`    a click-farm session (`ts` = its first click), with the SKUs viewed.
 """
 
 from __future__ import annotations
@@ -140,8 +144,41 @@ class BadEvent(_Truth):
     event_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class RingMember(_Truth):
+    kind: ClassVar[str] = "ring_member"
+    ts: int
+    ring_id: str
+    user_id: str
+    ring_kind: str  # brushing | click_farm
+
+
+@dataclass(frozen=True, slots=True)
+class FakeOrder(_Truth):
+    kind: ClassVar[str] = "fake_order"
+    ts: int
+    ring_id: str
+    order_id: str
+    user_id: str
+    session_id: str
+    sku: str
+    amount: float
+    paid_ts: int
+    refunded_ts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FakeSession(_Truth):
+    kind: ClassVar[str] = "fake_session"
+    ts: int
+    ring_id: str
+    session_id: str
+    user_id: str
+    skus: tuple[str, ...]
+
+
 TruthRecord = (CartAbandoned | CartRecovered | FraudPayment | FriendlyChargeback | Stockout
-               | StockRestored | Incident | LapsingCustomer | BadEvent)
+               | StockRestored | Incident | LapsingCustomer | BadEvent | RingMember | FakeOrder | FakeSession)
 
 
 class TruthWriter:

@@ -1,8 +1,7 @@
 """Redis reads and coupon issuing for the abandoned-cart flow, one round trip each per batch.
 
-At decision time the flow needs, for a batch of abandoned carts and redemptions:
-- the shopper's value tier: `churn:{user_id}` field `tier`, written by the churn
-  flow (a shopper it has not scored, or an unknown value, is `new`);
+At decision time the flow needs, for a batch of abandoned carts and redemptions
+(the shopper's value tier rides on the cart: the flow keeps it on event time):
 - which cart items are out of stock now: `stock:{sku}` field `level` == `out`,
   written by the stock flow;
 - which redeemed coupon codes are our abandoned-cart coupons: `coupon:{code}`
@@ -23,12 +22,12 @@ from operators.carts import AbandonedCart
 from operators.coupons import Coupon
 from shopstream.settings import Settings
 from state.coupons import CouponIssuer, CouponRules
-from state.redis_store import connect
+from state.outages import OutageGuard, is_redis_transient
+from state.redis_store import connect, redis_guard
 
 
 @dataclass(frozen=True)
 class Lookups:
-    tiers: dict[str, str | None]  # user_id -> tier as the churn flow wrote it (None: not scored)
     out_of_stock: frozenset[str]  # SKUs whose level is `out` now
     our_coupons: frozenset[str]  # redeemed codes that are abandoned-cart coupons we issued
 
@@ -53,33 +52,35 @@ class RedisOfferPorts:
         self._rules = rules or CouponRules.from_settings(settings)
         self._client: redis.Redis | None = None
         self._issuer: CouponIssuer | None = None
+        self._guard: OutageGuard | None = None
 
     def _connected(self) -> redis.Redis:
         if self._client is None:
             self._client = connect(self._settings)
-            self._issuer = CouponIssuer(self._client, self._settings.redis_prefix, self._rules)
+            self._guard = redis_guard(self._settings)  # one outage clock for reads and coupons
+            self._issuer = CouponIssuer(self._client, self._settings.redis_prefix, self._rules, self._guard)
         return self._client
 
     def lookup(self, carts: list[AbandonedCart], codes: list[str]) -> Lookups:
-        """Tiers of the carts' shoppers, which of their items are out of stock now, which codes are ours."""
-        users = sorted({cart.user_id for cart in carts})
+        """Which of the carts' items are out of stock now, which redeemed codes are ours."""
         skus = sorted({sku for cart in carts for sku in cart.skus})
-        if not (users or skus or codes):
-            return Lookups({}, frozenset(), frozenset())
+        if not (skus or codes):
+            return Lookups(frozenset(), frozenset())
         prefix = self._settings.redis_prefix
-        pipe = self._connected().pipeline(transaction=False)
-        for user_id in users:
-            pipe.hget(f"{prefix}churn:{user_id}", "tier")
-        for sku in skus:
-            pipe.hget(f"{prefix}stock:{sku}", "level")
-        for code in codes:
-            pipe.hget(f"{prefix}coupon:{code}", "reason")
-        answers = [_text(value) for value in pipe.execute()]
-        tiers = dict(zip(users, answers[: len(users)]))
-        levels = answers[len(users): len(users) + len(skus)]
-        reasons = answers[len(users) + len(skus):]
+        client = self._connected()
+
+        def read() -> list:
+            pipe = client.pipeline(transaction=False)
+            for sku in skus:
+                pipe.hget(f"{prefix}stock:{sku}", "level")
+            for code in codes:
+                pipe.hget(f"{prefix}coupon:{code}", "reason")
+            return pipe.execute()
+
+        answers = [_text(value) for value in self._guard.call(read, is_redis_transient)]
+        levels = answers[: len(skus)]
+        reasons = answers[len(skus):]
         return Lookups(
-            tiers=tiers,
             out_of_stock=frozenset(sku for sku, level in zip(skus, levels) if level == "out"),
             our_coupons=frozenset(code for code, reason in zip(codes, reasons) if reason == "abandoned_cart"),
         )
@@ -91,4 +92,4 @@ class RedisOfferPorts:
         return self._issuer.issue(coupons)
 
     def __getstate__(self) -> dict:
-        return {"_settings": self._settings, "_rules": self._rules, "_client": None, "_issuer": None}
+        return {"_settings": self._settings, "_rules": self._rules, "_client": None, "_issuer": None, "_guard": None}

@@ -30,7 +30,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from operators.coupons import Coupon
 from shopstream.settings import Settings
 from state.kafka import CheckedProducer
-from state.redis_store import connect
+from state.outages import OutageGuard, is_redis_transient
+from state.redis_store import connect, redis_guard
 from state.serde import dumps
 
 log = logging.getLogger(__name__)
@@ -91,15 +92,24 @@ def _hash_fields(coupon: Coupon) -> list[str]:
 class CouponIssuer:
     """Applies the shared guardrails and writes coupons: one pipeline per batch."""
 
-    def __init__(self, client: redis.Redis, prefix: str, rules: CouponRules):
+    def __init__(self, client: redis.Redis, prefix: str, rules: CouponRules, guard: OutageGuard | None = None):
         self._client = client
         self._prefix = prefix
         self._rules = rules
         self._script = client.register_script(_ISSUE_COUPON)
+        self._guard = guard  # waits out Redis outages; None: the first error raises
 
     def issue(self, coupons: Iterable[Coupon]) -> list[str]:
-        """The outcome for each coupon, in order: issued, duplicate, capped or flagged."""
+        """The outcome for each coupon, in order: issued, duplicate, capped or flagged.
+
+        Retrying a batch cut off by an outage is safe: a coupon the first attempt issued
+        comes back `duplicate`, which is published to Kafka exactly like `issued`."""
         coupons = list(coupons)
+        if self._guard is None:
+            return self._issue(coupons)
+        return self._guard.call(lambda: self._issue(coupons), is_redis_transient)
+
+    def _issue(self, coupons: list[Coupon]) -> list[str]:
         if not coupons:
             return []
         prefix, rules = self._prefix, self._rules
@@ -131,7 +141,7 @@ class CouponIssuer:
 class _CouponPartition(StatelessSinkPartition[Coupon]):
     def __init__(self, settings: Settings, rules: CouponRules):
         self._client = connect(settings)
-        self._issuer = CouponIssuer(self._client, settings.redis_prefix, rules)
+        self._issuer = CouponIssuer(self._client, settings.redis_prefix, rules, redis_guard(settings))
         self._producer = CheckedProducer(settings)
         self.outcomes: Counter[str] = Counter()
 

@@ -15,6 +15,7 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from shopstream.settings import Settings
+from state.outages import OutageGuard, is_redis_transient
 
 # SET the JSON value only if its ordering number is not older than the stored one.
 _SET_IF_NEWER = """
@@ -24,6 +25,23 @@ if current and tonumber(current) > tonumber(ARGV[1]) then
 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[1] .. ':order', ARGV[1])
+return 1
+"""
+
+# A JSON value replaced only by one with a later `ts` (ties: the smaller value), so two
+# flows writing the same key leave the same value whichever of them wrote last.
+_SET_IF_LATER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, held = pcall(cjson.decode, current)
+  if ok and type(held) == 'table' and tonumber(held['ts']) then
+    local held_ts, new_ts = tonumber(held['ts']), tonumber(ARGV[2])
+    if held_ts > new_ts or (held_ts == new_ts and current <= ARGV[1]) then
+      return 0
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
 
@@ -95,6 +113,7 @@ class _Scripts:
         self.decide_once = client.register_script(_DECIDE_ONCE)
         self.delete_unless_newer = client.register_script(_DELETE_UNLESS_NEWER)
         self.set_if_newer = client.register_script(_SET_IF_NEWER)
+        self.set_if_later = client.register_script(_SET_IF_LATER)
         self.stream_add_once = client.register_script(_STREAM_ADD_ONCE)
         self.set_in_history = client.register_script(_SET_IN_HISTORY)
         self.replace_hash = client.register_script(_REPLACE_HASH)
@@ -208,6 +227,22 @@ class SetValue:
 
 
 @dataclass(frozen=True, slots=True)
+class SetIfLater:
+    """`key` = a JSON object with a `ts`, unless the one there has a later `ts`; with a TTL.
+
+    For a key more than one flow writes (`fraud:flagged:{user_id}`): the result does not
+    depend on which flow got there last on the wall clock."""
+
+    key: str
+    value: bytes
+    ts: int
+    ttl_s: int
+
+    def apply(self, pipe, prefix, scripts) -> None:
+        scripts.set_if_later(keys=[prefix + self.key], args=[self.value, self.ts, self.ttl_s], client=pipe)
+
+
+@dataclass(frozen=True, slots=True)
 class SetHashField:
     """One field of a hash set to an absolute value (e.g. `alerts:active` dedup_key -> JSON)."""
 
@@ -250,17 +285,20 @@ class KeyReader:
     def __init__(self, settings: Settings):
         self._settings = settings
         self._client: redis.Redis | None = None
+        self._guard: OutageGuard | None = None
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         if not keys:
             return []
         if self._client is None:
             self._client = connect(self._settings)
+            self._guard = redis_guard(self._settings)
         prefix = self._settings.redis_prefix
-        return self._client.mget([prefix + key for key in keys])
+        # A read during an outage waits like a write: the step holds its input.
+        return self._guard.call(lambda: self._client.mget([prefix + key for key in keys]), is_redis_transient)
 
     def __getstate__(self) -> dict:
-        return {"_settings": self._settings, "_client": None}  # never pickle a connection
+        return {"_settings": self._settings, "_client": None, "_guard": None}  # never pickle a connection
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -268,13 +306,27 @@ def connect(settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(settings.redis_url)
 
 
+def redis_guard(settings: Settings) -> OutageGuard:
+    """Waits out Redis outages up to SHOPSTREAM_OUTAGE_LIMIT_S (named by address, never by URL:
+    the URL may carry a password)."""
+    host, port = settings.redis_host_port
+    return OutageGuard(f"Redis at {host}:{port}", settings.outage_limit_s)
+
+
 class _RedisPartition(StatelessSinkPartition[RedisWrite]):
     def __init__(self, settings: Settings):
         self._client = connect(settings)
         self._prefix = settings.redis_prefix
         self._scripts = _Scripts(self._client)
+        self._guard = redis_guard(settings)
 
     def write_batch(self, items: list[RedisWrite]) -> None:
+        # During an outage this does not return (Bytewax holds the input). A batch cut
+        # off half-way is applied again in full: every RedisWrite is idempotent, and
+        # re-applying a whole sequence leaves each key as its last write in the batch.
+        self._guard.call(lambda: self._apply(items), is_redis_transient)
+
+    def _apply(self, items: list[RedisWrite]) -> None:
         pipe = self._client.pipeline(transaction=False)
         for write in items:
             write.apply(pipe, self._prefix, self._scripts)

@@ -44,7 +44,7 @@ NOW_MS = 1_900_000_000_000
 
 
 def config() -> ChurnConfig:
-    return ChurnConfig.from_settings(Settings.from_env(startup_grace_ms=0))
+    return ChurnConfig.from_settings(Settings.from_env())
 
 
 def auc(scores: list[float], labels: list[bool]) -> float:

@@ -109,7 +109,7 @@ def _synthetic_shoppers(shoppers: int, per_second: int, seed: int, checkpoints: 
     from operators.carts import ADD, ORDER_PAID, REMOVE, VIEW, CartBook, CartEvent, CartRules
 
     rng = random.Random(seed)
-    book = CartBook(CartRules(startup_grace_ms=0))
+    book = CartBook(CartRules())
     gap_ms = max(1, 1000 // per_second)
     source = ("clickstream", 0)
     ts = 1_763_683_200_000

@@ -118,7 +118,7 @@ def _rss_mb() -> float:
 
 def memory(sessions: int, per_second: int, clicks: int) -> None:
     """Synthetic sessions through one bucket: RSS must level off once sessions time out."""
-    rules = FunnelRules(window_ms=60_000, lateness_ms=10_000, session_timeout_ms=1_800_000, startup_grace_ms=0)
+    rules = FunnelRules(window_ms=60_000, lateness_ms=10_000, session_timeout_ms=1_800_000)
     bucket = FunnelBucket("0", rules)
     t0 = 1_731_232_800_000
     step_ms = 1000 // per_second or 1

@@ -23,6 +23,10 @@ def service_settings(tmp_path_factory) -> Settings:
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         services_dir=tmp_path_factory.mktemp("services"),
         partitions=2,
+        # No fixed metrics ports in tests (other test runs share the machine); tests that
+        # want them pick free ones.
+        flow_api_port_base=0,
+        forward_metrics_port=0,
     )
     services.up(settings)
     yield settings

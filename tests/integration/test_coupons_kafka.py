@@ -33,20 +33,22 @@ def stream_entries(redis_client, settings, key="stream:coupons") -> list[dict]:
             for _, fields in redis_client.xrange(settings.redis_key(key))]
 
 
-def test_guardrails_tiers_and_stock_come_from_redis(settings, redis_client):
+def test_guardrails_and_stock_come_from_redis_and_tiers_from_the_orders(settings, redis_client):
     config = CouponsConfig.from_settings(settings)
     config = CouponsConfig(config.max_event_ahead_ms, config.policy, CONFIG.rules, buckets=4,
                            note_ttl_s=config.note_ttl_s)
     # The churn flow already sent u1 a win-back coupon an hour before; the fraud flow flagged u2;
-    # u3 is a diamond customer; u4's item is sold out (the stock flow's view).
+    # u3 is a diamond customer by its paid orders (a stale churn hash says otherwise: the tier
+    # is the shopper's at the cart's deadline, not what Redis holds); u4's item is sold out
+    # (the stock flow's view).
     client = connect(settings)
     CouponIssuer(client, settings.redis_prefix, CouponRules.from_settings(settings)).issue([Coupon(
         ts=T0 - HOUR, user_id="u1", reason="churn_winback", trigger_id="risk:u1", kind="percent_off", value=20,
         expires_ts=T0 + 48 * HOUR)])
     redis_client.set(settings.redis_key("fraud:flagged:u2"), "1")
-    redis_client.hset(settings.redis_key("churn:u3"), mapping={"tier": "diamond", "score": 0.1})
+    redis_client.hset(settings.redis_key("churn:u3"), mapping={"tier": "bronze", "score": 0.1})
     redis_client.hset(settings.redis_key("stock:GONE"), mapping={"level": "out", "available": 0})
-    records = (Stream().add(T0, "u1").add(T0, "u2").add(T0, "u3", price=250.0).add(T0, "u4", sku="GONE")
+    records = (Stream().paid_history(T0 - 2 * HOUR, "u3", orders=12, amount=1_000.0).add(T0, "u1").add(T0, "u2").add(T0, "u3", price=250.0).add(T0, "u4", sku="GONE")
                .add(T0, "u5").tick(T0 + 2 * HOUR)).records
     kafka_out: list = []
 
@@ -90,7 +92,6 @@ def test_kill_9_and_restart_push_no_coupon_twice(settings, redis_client, shop_ev
     records = input_records(events) + [r._replace(offset=10**6 + i) for i, r in enumerate(Stream().tick(
         events[-1].ts + 2 * HOUR).records)]
     config = CouponsConfig.from_settings(settings)
-    config = replace(config, rules=replace(config.rules, startup_grace_ms=0))  # a fixed clock never warms up
     run_main(build_flow(TestingSource(records, batch_size=500), TestingSink([]), TestingSink([]), reference,
                         config, lambda: NOW_MS))
     expected = set(reference.issued)

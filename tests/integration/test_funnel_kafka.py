@@ -22,11 +22,9 @@ def produce_records(settings, records) -> None:
 
 
 def window_result(redis_client, settings, key: str, window_start: int):
-    raw = redis_client.get(settings.redis_key(key))
-    if raw is None:
-        return None
-    value = orjson.loads(raw)
-    return value if value["window_start"] == window_start else None
+    """The series' result for one window, from its history (the latest-window key moves on)."""
+    members = redis_client.zrangebyscore(settings.redis_key(f"{key}:history"), window_start, window_start)
+    return orjson.loads(members[0]) if members else None
 
 
 def test_results_in_redis_and_sessions_survive_kill_9(settings, redis_client):

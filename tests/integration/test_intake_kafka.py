@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import signal
 from dataclasses import replace
 
@@ -53,34 +55,60 @@ def counted(redis_client, settings) -> int:
 
 def test_poison_pills_go_to_dead_letters_once_and_the_flow_keeps_running(settings, redis_client):
     good = [click(i, BASE_TS + i * 10) for i in range(600)]  # 6 s of event time
+    a_click = good[0][1].decode()
+    order = {"event_id": "o2", "ts": BASE_TS, "order_id": "o2", "user_id": "u9", "status": "created", "amount": 1.0}
+    item = {"sku": "A", "quantity": 1, "unit_price": 1.0}
+    # (topic, key, value, the start of the dead letter's error)
     bad = [
-        (b"u1", b'{"event_id": "broken", "ts": 17'),  # malformed JSON
-        (b"u2", orjson.dumps({**orjson.loads(good[0][1]), "event_id": "wrong-type", "ts": "soon"})),
-        (b"u3", b"\xff\xfe\x00 binary junk"),
+        ("clickstream", b"u1", b'{"event_id": "broken", "ts": 17', "bad JSON"),  # malformed JSON
+        ("clickstream", b"u2", orjson.dumps({**orjson.loads(good[0][1]), "event_id": "wrong-type", "ts": "soon"}),
+         "field 'ts' must be an integer, got 'soon'"),
+        ("clickstream", b"u3", b"\xff\xfe\x00 binary junk", "bad JSON"),
+        # Accepted by the broker, but a dead letter quoting it whole would not be.
+        ("clickstream", b"u4", b"\xff" * 900_000, "bad JSON"),
+        ("clickstream", b"u5", a_click.replace('"event_id":"e0"', '"event_id":"\xc3\x28"').encode("latin-1"),
+         "bad JSON"),  # invalid UTF-8 inside a string
+        ("clickstream", b"u6", b"[" * 10_000 + b"]" * 10_000, "bad JSON: nested deeper than 1024 levels"),
+        ("clickstream", b"u7", b'{"a":' * 100_000, "bad JSON: nested deeper"),  # orjson 3.8 segfaulted on it
+        ("clickstream", b"u8", a_click.replace(f'"ts":{BASE_TS}', f'"ts":{2**70}').encode(), "field 'ts' must be <="),
+        ("clickstream", b"u8", a_click.replace('"region":"east"', '"region":"east","price":NaN').encode(),
+         "bad JSON"),
+        ("orders", b"u9", b'{"event_id": "o1", "ts": 1, "status": "created"}', "missing field 'items'"),
+        ("orders", b"u9", orjson.dumps({**order, "items": [item] * 10_000}),
+         "field 'items' has 10000 items, more than 1000"),
+        ("orders", b"u9", orjson.dumps({**order, "event_id": "o3", "items": [{**item, "quantity": 2**62}]}),
+         "field 'quantity' must be <= 1000000000"),
+        ("inventory", b"A", orjson.dumps({"event_id": "i1", "ts": BASE_TS, "sku": "A", "kind": "restock",
+                                           "quantity": 2**62}), "field 'quantity' must be <= 1000000000"),
     ]
-    produce(settings, "clickstream", good[:200] + bad[:2] + good[200:400] + bad[2:] + good[400:])
-    produce(settings, "orders", [(b"u9", b'{"event_id": "o1", "ts": 1, "status": "created"}')])
+    click_pills = [(key, value) for topic, key, value, _ in bad if topic == "clickstream"]
+    produce(settings, "clickstream", good[:200] + click_pills[:2] + good[200:400] + click_pills[2:] + good[400:])
+    for topic in ("orders", "inventory"):
+        produce(settings, topic, [(key, value) for t, key, value, _ in bad if t == topic])
 
     processes = start_flow(settings, "intake")
     try:
         wait_until(lambda: counted(redis_client, settings) == 600, 60, "all 600 good events counted")
-        wait_until(lambda: len(read_topic(settings, "dead-letters")) >= 4, 30, "dead letters")
+        wait_until(lambda: len(read_topic(settings, "dead-letters")) >= len(bad), 30, "dead letters")
         assert all(p.popen.poll() is None for p in processes), "the flow stopped on bad input"
     finally:
         stop_all(processes)
 
     # Read again once the flow has stopped: nothing more can arrive, duplicates included.
     letters = [orjson.loads(value) for _, value in read_topic(settings, "dead-letters")]
-    assert len(letters) == 4
-    by_topic = sorted((d["source_topic"], d["error"].split(":")[0]) for d in letters)
-    assert by_topic == [
-        ("clickstream", "bad JSON"),
-        ("clickstream", "bad JSON"),
-        ("clickstream", "field 'ts' must be an integer, got 'soon'"),
-        ("orders", "missing field 'items'"),
-    ]
-    assert len({d["dead_letter_id"] for d in letters}) == 4
+    assert len(letters) == len(bad)
+    assert len({d["dead_letter_id"] for d in letters}) == len(bad)
+    # Each bad event exactly once, found by the hash of its whole value, with its reason.
+    by_hash = {d["raw_sha256"]: d for d in letters}
+    for topic, _, value, reason in bad:
+        letter = by_hash[hashlib.sha256(value).hexdigest()]
+        assert (letter["source_topic"], letter["raw_length"]) == (topic, len(value))
+        assert letter["error"].startswith(reason), (letter["error"], reason)
     assert any(d.get("raw_encoding") == "base64" for d in letters)
+    oversized = by_hash[hashlib.sha256(b"\xff" * 900_000).hexdigest()]
+    assert oversized["raw_truncated"] is True and oversized["raw_encoding"] == "base64"
+    assert base64.b64decode(oversized["raw"]) == b"\xff" * settings.dead_letter_raw_bytes
+    assert all(len(value) < 500_000 for _, value in read_topic(settings, "dead-letters"))
     assert redis_client.get(settings.redis_key("input:clickstream")) is not None
 
 

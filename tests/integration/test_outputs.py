@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from state.kafka import CheckedProducer, DeliveryError, KafkaOutputSink, OutboundMessage
-from state.redis_store import AddToHistory, RedisSink, SetHash, SetLatest, StreamAddOnce
+from state.redis_store import AddToHistory, RedisSink, SetHash, SetIfLater, SetLatest, StreamAddOnce
 from tests.integration.kafka_helpers import read_topic
 
 pytestmark = pytest.mark.integration
@@ -49,6 +49,19 @@ def test_history_keeps_one_result_per_window_and_the_newest_windows(settings, re
     write_twice(settings, [AddToHistory(key, 4, orjson.dumps({"start": 4, "n": 2}), keep=3)])
     members = [orjson.loads(m) for m in redis_client.zrange(settings.redis_key(key), 0, -1)]
     assert members == [{"start": 2, "n": 1}, {"start": 3, "n": 1}, {"start": 4, "n": 2}]
+
+
+def test_a_key_two_flows_write_keeps_the_later_flag_whichever_came_last(settings, redis_client):
+    blocked = orjson.dumps({"reason": "blocked", "ts": 1_000})
+    brushing = orjson.dumps({"reason": "traffic.brushing", "ts": 2_000, "ring_id": "r1"})
+    same_time = orjson.dumps({"reason": "a", "ts": 2_000})
+    results = []
+    for order in ([blocked, brushing, same_time], [same_time, brushing, blocked]):
+        key = f"fraud:flagged:u{len(results)}"
+        write_twice(settings, [SetIfLater(key, value, orjson.loads(value)["ts"], 600) for value in order])
+        results.append(redis_client.get(settings.redis_key(key)))
+        assert 0 < redis_client.ttl(settings.redis_key(key)) <= 600
+    assert results[0] == results[1] == min(brushing, same_time)  # a tie at the same ts: the smaller value
 
 
 def test_hash_writes_are_absolute(settings, redis_client):

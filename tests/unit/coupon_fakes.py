@@ -14,13 +14,12 @@ DAY_MS = 86_400_000
 
 
 class FakePorts:
-    """Tiers and stock levels from dicts; the issuer's rules (duplicate, flag, cap) in memory.
+    """Stock levels from a set; the issuer's rules (duplicate, flag, cap) in memory.
 
     The real issuer is a Lua script, tested against Redis in tests/integration; this
     keeps flow tests free of Redis. `offered` keeps every coupon the flow asked for."""
 
-    def __init__(self, tiers=None, out_of_stock=(), flagged=(), cap_ms=DAY_MS):
-        self.tiers = dict(tiers or {})
+    def __init__(self, out_of_stock=(), flagged=(), cap_ms=DAY_MS):
         self.out_of_stock = set(out_of_stock)
         self.flagged = set(flagged)
         self.cap_ms = cap_ms
@@ -31,8 +30,7 @@ class FakePorts:
 
     def lookup(self, carts, codes):
         self.lookups.append((carts, codes))
-        return Lookups({c.user_id: self.tiers.get(c.user_id) for c in carts}, frozenset(self.out_of_stock),
-                       frozenset(c for c in codes if c in self.issued))
+        return Lookups(frozenset(self.out_of_stock), frozenset(c for c in codes if c in self.issued))
 
     def issue(self, coupons):
         outcomes = []
@@ -86,7 +84,7 @@ class TimelinePorts(FakePorts):
     def lookup(self, carts, codes):
         looked = super().lookup(carts, codes)
         out = frozenset(sku for cart in carts for sku in cart.skus if self.timeline.out_at(sku, cart.ts))
-        return Lookups(looked.tiers, out, looked.our_coupons)
+        return Lookups(out, looked.our_coupons)
 
 
 class Stream:
@@ -120,6 +118,12 @@ class Stream:
         if coupon_code:
             obj["coupon_code"] = coupon_code
         self._add("orders", obj)
+        return self
+
+    def paid_history(self, ts: int, user: str, orders: int, amount: float, every_ms: int = 7 * DAY_MS) -> "Stream":
+        """`orders` paid orders of `amount`, `every_ms` apart, the last at `ts`: a customer's value."""
+        for index in range(orders):
+            self.order(ts - (orders - 1 - index) * every_ms, user, "paid", order_id=f"{user}-h{index}", amount=amount)
         return self
 
     def tick(self, ts: int, user: str = "someone-else") -> "Stream":

@@ -157,7 +157,7 @@ def intake_and_funnel(names: tuple[str, ...], hours: int, seed: int):
     records = input_records(sim)
     intake_out, funnel_out = [], []
     intake_config = intake.IntakeConfig(window_ms=MINUTE, lateness_ms=5_000, history_length=2,
-                                        key_idle_windows=60, max_event_ahead_ms=10**13, startup_grace_ms=0)
+                                        key_idle_windows=60, max_event_ahead_ms=10**13)
     run_main(intake.build_flow(TestingSource(records, batch_size=1000), TestingSink(intake_out), TestingSink([]),
                                intake_config, fixed_clock))
     run_main(funnel.build_flow(TestingSource(records, batch_size=1000), TestingSink(funnel_out), TestingSink([]),
@@ -169,7 +169,7 @@ def intake_and_funnel(names: tuple[str, ...], hours: int, seed: int):
 
 
 FUNNEL_CONFIG = funnel.FunnelConfig(max_event_ahead_ms=10**13,
-                                    rules=FunnelRules(window_ms=MINUTE, lateness_ms=5_000, startup_grace_ms=0))
+                                    rules=FunnelRules(window_ms=MINUTE, lateness_ms=5_000))
 
 
 def episodes(alerts, rule):

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from flows.churn import ChurnConfig, churn_input, replay_history, triage_batch
+from operators.clock import Progress
 from operators.churn import CLICK, PAID, ChurnBook, ChurnInput, ChurnRules, WinbackOffer
 from operators.churn_model import ChurnModel, ModelRules
 from operators.events import parse_event
@@ -43,7 +44,7 @@ def click(user: str, when: float) -> ChurnInput:
 def feed(book: ChurnBook, inputs: list[ChurnInput], until: float | None = None):
     """Give the book events, with the stream's progress at `until` (default: the last event)."""
     latest = max([i.ts for i in inputs] + ([day(until)] if until is not None else []))
-    return book.add(inputs, {SOURCE: latest}, NOW)
+    return book.add(inputs, Progress({SOURCE: latest}), NOW)
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +72,17 @@ def test_labels_resolve_only_after_the_horizon():
     assert book.customer("u1").pending_ts[0] > first_tick  # later snapshots still wait
 
 
-def test_an_order_within_the_horizon_resolves_pending_labels_as_active():
+def test_an_order_within_the_horizon_makes_the_label_active_learned_one_horizon_after_the_snapshot():
+    # Learned at the horizon, not at the order: every label of a batch was snapped at the same
+    # time, so nothing that tells snapshot times apart (tenure) can pass for a churn signal.
     book = fresh_book()
     feed(book, [paid("u1", 0)])
-    first_tick = book._next_snapshot("u1", day(0))
-    feed(book, [paid("u1", (first_tick - T0) / DAY_MS + 60)])
+    first_tick = (book._next_snapshot("u1", day(0)) - T0) / DAY_MS
+    feed(book, [paid("u1", first_tick + 60)])
+    assert book.model.labels_learned == 0
+    feed(book, [], until=first_tick + 89.9)
+    assert book.model.labels_learned == 0
+    feed(book, [], until=first_tick + 90)
     assert book.model.labels_learned >= 1 and book.model.churned_learned == 0
 
 
@@ -171,7 +178,24 @@ def test_quiet_customers_are_compacted_and_visitors_who_never_paid_are_dropped()
     buyer = book.customer("buyer")
     assert buyer.compacted and buyer.pending_ts is None and buyer.orders_total == 1
     assert buyer.tier == "bronze"
-    assert len(book.timers) == 0  # nothing left to wake for
+    # Compacted, but still re-scored on the schedule: the only timer left is the next re-score.
+    assert [user for _, user in book.timers] == ["buyer"]
+    assert book.timers[0][0] == buyer.scored_ts + book.rules.rescore_ms
+
+
+def test_every_stored_score_is_at_most_one_rescore_interval_old_whatever_its_band(trained_model):
+    """Issue 16: re-scoring stopped at `high`, so most of a real shop's customers kept scores
+    months old. Now the schedule never stops."""
+    book = fresh_book(trained_model)
+    for week in range(10):
+        feed(book, [paid("thrifty", 7 * week, 20.0)])
+    feed(book, [paid("steady", day, 80.0) for day in range(0, 400, 5)])
+    for quiet_day in range(70, 400, 3):
+        changes = feed(book, [click("other", quiet_day)])
+    now = book.frontier
+    assert book.customer("thrifty").risk == "high"
+    for user_id in ("thrifty", "steady"):
+        assert now - book.customer(user_id).scored_ts <= book.rules.rescore_ms
 
 
 def test_scores_do_not_depend_on_how_the_input_was_batched():

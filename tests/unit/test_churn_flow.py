@@ -20,6 +20,7 @@ from flows.churn import (
     replay_history,
     triage_batch,
 )
+from operators.clock import Progress
 from operators.coupons import Coupon
 from operators.rfm import DAY_MS
 from shopstream.settings import ConfigError, Settings
@@ -98,11 +99,12 @@ def test_replay_equals_live_with_one_worker_and_two(records, pretrained_dir):
     views, scores, coupons = replay
     assert len(views) >= 240
     sample = next(iter(views.values()))
-    assert set(sample) == {"score", "risk", "tier", "recency_days", "frequency", "monetary", "updated_ts"}
+    assert set(sample) == {"score", "risk", "tier", "recency_days", "frequency", "monetary", "updated_ts", "p_alive"}
     assert {v["risk"] for v in views.values()} <= {"low", "medium", "high"}
     assert {v["tier"] for v in views.values()} <= {"diamond", "gold", "silver", "bronze", "new"}
     record = orjson.loads(scores[0][2])
-    assert set(record) == {"ts", "user_id", "score", "risk", "tier"}
+    assert set(record) == {"score_id", "ts", "user_id", "score", "risk", "tier"}
+    assert record["score_id"] == f"{record['user_id']}@{record['ts']}/{record['risk']}/{record['tier']}"
     # Win-backs: only to win-back tiers, one per episode, ids derived from the episode.
     assert coupons, "a 400 day history has valuable customers who lapse"
     assert all(isinstance(c, Coupon) and c.reason == "churn_winback" and c.tier in ("diamond", "gold")
@@ -180,4 +182,33 @@ def test_a_book_snapshotted_by_the_previous_version_resumes_with_a_new_model(rec
     assert resumed.model.labels_learned == new_model(config).labels_learned > 1000  # the latest checkpoint
     later = [item for _, batch in triage_batch(records[2_000:2_500], replace(config, buckets=1), NOW_MS)
              for item in batch.inputs]
-    resumed.add(later, {("orders", 0): NOW_MS}, NOW_MS)  # and it goes on scoring and learning
+    resumed.add(later, Progress({("orders", 0): NOW_MS}), NOW_MS)  # and it goes on scoring and learning
+
+
+def _paid(user: str, order: str, ts: int, amount: float) -> InputRecord:
+    value = orjson.dumps({"event_id": f"e-{order}", "ts": ts, "order_id": order, "user_id": user, "status": "paid",
+                          "items": [{"sku": "sku-1", "quantity": 1, "unit_price": amount}], "amount": amount})
+    return InputRecord("orders", 0, ts, value, ts)
+
+
+def _flag(user: str, order: str, ts: int, amount: float) -> InputRecord:
+    value = orjson.dumps({"flag_id": f"tf-o-{order}", "ts": ts, "kind": "brushing", "order_id": order,
+                          "user_id": user, "sku": "sku-1", "ring_id": "ring-1", "ring_size": 20, "score": 1.0,
+                          "reasons": ["ring.member"], "amount": amount})
+    return InputRecord("traffic-flags", 0, ts, value, ts)
+
+
+def test_flagged_orders_do_not_lift_a_customer_tier(tmp_path):
+    """Issue 22: a brushing ring member's fake orders are taken back out of its RFM values."""
+    config = config_for(tmp_path)
+    t0 = 1_731_000_000_000
+    paid = [_paid("ring-member", f"o{i}", t0 + i * DAY_MS, 1500.0) for i in range(3)]
+    honest = [_paid("honest", f"h{i}", t0 + i * DAY_MS + 1, 1500.0) for i in range(3)]
+    # Flags arrive later on their own topic, stamped with the order's paid time.
+    flags = [_flag("ring-member", f"o{i}", t0 + i * DAY_MS, 1500.0) for i in range(3)]
+    views, _, _ = run_churn(paid + honest + flags, config, batch_size=4)
+    unflagged, _, _ = run_churn(paid + honest, config, batch_size=4)
+    member, honest_view = views["churn:ring-member"], views["churn:honest"]
+    assert unflagged["churn:ring-member"]["tier"] == honest_view["tier"] == "silver"
+    assert float(member["monetary"]) == 0.0 and member["tier"] != "silver"
+    assert honest_view == unflagged["churn:honest"]  # other customers are untouched

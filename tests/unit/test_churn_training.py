@@ -125,7 +125,7 @@ def test_a_model_rule_change_is_rejected_with_a_clear_message():
 
 def test_events_after_the_end_are_not_applied():
     cfg = config(SHOPSTREAM_CHURN_LEARN_BATCH="8")
-    records = input_records(generate_history(200, seed=34, duration_ms=300 * DAY_MS, clicks=False))
+    records = input_records(generate_history(200, seed=34, duration_ms=480 * DAY_MS, clicks=False))
     inputs = [decoded[1] for decoded in (churn_record(r, LATEST_MS) for r in records) if decoded and decoded[1]]
     end = inputs[len(inputs) // 2].ts
     whole, cut = (ChurnModel(cfg.rules.rfm.feature_names, cfg.model_rules) for _ in range(2))

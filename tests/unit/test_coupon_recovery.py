@@ -3,6 +3,7 @@ and the cart book survives a snapshot."""
 
 import pickle
 
+from operators.clock import Progress
 from operators.carts import ADD, CartBook, CartEvent, CartRules
 from operators.coupon_recovery import BucketClock, DecisionFact, RecoveryWindows, RedemptionFact
 
@@ -33,9 +34,9 @@ def test_empty_windows_are_reported_as_zeros():
 
 
 def test_the_cart_book_survives_a_snapshot():
-    book = CartBook(CartRules(startup_grace_ms=0, lateness_ms=0))
-    book.add([CartEvent(1000, 0, "e1", "u1", ADD, "A", "shoes", 50.0, 2)], {("clickstream", 0): 2000}, 0)
+    book = CartBook(CartRules(lateness_ms=0))
+    book.add([CartEvent(1000, 0, "e1", "u1", ADD, "A", "shoes", 50.0, 2)], Progress({("clickstream", 0): 2000}), 0)
     restored = pickle.loads(pickle.dumps(book))
-    restored.configure(CartRules(startup_grace_ms=0, lateness_ms=0, abandon_after_ms=1000), 0)
-    out = restored.add([], {("clickstream", 0): 10_000}, 0)
+    restored.configure(CartRules(lateness_ms=0, abandon_after_ms=1000), 0)
+    out = restored.add([], Progress({("clickstream", 0): 10_000}), 0)
     assert [(c.trigger_id, c.ts, c.value) for c in out.abandoned] == [("u1@1000", 2000, 100.0)]

@@ -12,7 +12,8 @@ import orjson
 import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from flows.coupons import CouponsConfig, build_flow, triage_batch
+from flows.coupons import CouponsConfig, build_flow, recovery_writes, triage_batch
+from operators.clock import Progress
 from operators.carts import CartRules
 from operators.coupon_policy import load_policy
 from simulators import generate
@@ -20,14 +21,14 @@ from simulators.testing import input_records
 from simulators.timeline import HOUR
 from state.kafka import InputRecord
 from state.redis_store import StreamAddOnce
-from tests.unit.coupon_fakes import FakePorts, StockTimeline, Stream, TimelinePorts
+from tests.unit.coupon_fakes import DAY_MS, FakePorts, StockTimeline, Stream, TimelinePorts
 
 MINUTE = 60_000
 DELAY = 30 * MINUTE
 T0 = 1_763_683_200_000  # 2025-11-21T00:00:00Z
 NOW_MS = 1_900_000_000_000  # a fixed wall clock after every event: a replay at full speed
 POLICY = load_policy(None)
-RULES = CartRules(abandon_after_ms=DELAY, lateness_ms=500, startup_grace_ms=0, report_every_ms=HOUR)
+RULES = CartRules(abandon_after_ms=DELAY, lateness_ms=500, report_every_ms=HOUR)
 CONFIG = CouponsConfig(max_event_ahead_ms=HOUR, policy=POLICY, rules=RULES, buckets=8)
 
 
@@ -46,7 +47,10 @@ def run_coupons(records, ports=None, workers=1, batch_size=64, config=CONFIG, cl
         cluster_main(flow, addresses=[], proc_id=0, worker_count_per_proc=workers)
     coupons = [orjson.loads(m.value) for m in kafka_out if m.topic == "coupons"]
     metrics = [orjson.loads(m.value) for m in kafka_out if m.topic == "metrics"]
-    return coupons, metrics, redis_out, ports
+    notes = [w for w in redis_out if isinstance(w, StreamAddOnce)]
+    recovery = [w for w in redis_out if not isinstance(w, StreamAddOnce)]
+    assert recovery == [write for window in metrics for write in recovery_writes(window)]  # Redis mirrors metrics
+    return coupons, metrics, notes, ports
 
 
 # -- guardrails and offers on hand-built streams ----------------------------------------------
@@ -92,7 +96,15 @@ def test_activity_moves_the_deadline_and_an_order_at_the_deadline_is_too_late():
 
 
 def test_the_offer_follows_the_reason_seen_in_the_session_and_the_tier():
+    # The tier comes from the shopper's paid orders before the deadline (default thresholds:
+    # diamond 12 orders and 10,000 within a year, gold 6 and 3,000); a refund takes value back.
     stream = (Stream()
+              .paid_history(T0 - DAY_MS, "diamond", orders=12, amount=900.0)
+              .order(T0 - HOUR, "diamond", "paid", order_id="extra", amount=1_200.0)
+              .paid_history(T0 - DAY_MS, "comparing", orders=6, amount=600.0)
+              .paid_history(T0 - DAY_MS, "refunder", orders=6, amount=550.0)
+              .order(T0 - HOUR, "refunder", "refunded", order_id="refunder-h5", amount=550.0)
+              .add(T0, "refunder", price=300.0)
               .add(T0, "shipping").click(T0 + MINUTE, "shipping", "checkout_start")
               .click(T0 + MINUTE + 3000, "shipping", "shipping_quote", price=8.0)
               .add(T0, "free-quote").click(T0 + MINUTE, "free-quote", "shipping_quote", price=0.0)
@@ -101,10 +113,11 @@ def test_the_offer_follows_the_reason_seen_in_the_session_and_the_tier():
               .add(T0, "small", price=10.0)
               .add(T0, "sold-out", sku="GONE")
               .tick(T0 + 3 * HOUR))
-    ports = FakePorts(tiers={"diamond": "diamond", "comparing": "gold"}, out_of_stock={"GONE"})
+    ports = FakePorts(out_of_stock={"GONE"})
     coupons, metrics, notes, _ = run_coupons(sorted(stream.records, key=lambda r: r.timestamp_ms), ports)
     by_user = {c["user_id"]: c for c in coupons}
-    assert set(by_user) == {"shipping", "free-quote", "comparing", "diamond"}
+    assert set(by_user) == {"shipping", "free-quote", "comparing", "diamond", "refunder"}
+    assert by_user["refunder"]["tier"] == "silver"  # 3,300 paid, 550 refunded: below gold
     assert by_user["shipping"]["kind"] == "free_shipping" and by_user["shipping"]["value"] == 0
     assert by_user["free-quote"]["kind"] == "amount_off"  # a free quote is no reason to leave
     assert by_user["comparing"]["kind"] == "percent_off" and by_user["comparing"]["value"] == 12  # gold
@@ -117,7 +130,7 @@ def test_the_offer_follows_the_reason_seen_in_the_session_and_the_tier():
     note = orjson.loads(notes[0].fields["note"])
     assert note["kind"] == "back_in_stock" and note["skus"] == ["GONE"] and "back in stock" in note["detail"]
     totals = {k: sum(m[k] for m in metrics) for k in ("abandoned", "issued", "notes", "no_offer")}
-    assert totals == {"abandoned": 6, "issued": 4, "notes": 1, "no_offer": 1}
+    assert totals == {"abandoned": 7, "issued": 5, "notes": 1, "no_offer": 1}
 
 
 def test_the_cap_and_the_fraud_flag_are_the_issuers_and_are_reported():
@@ -157,7 +170,7 @@ def test_state_is_dropped_for_ordered_emptied_and_abandoned_carts():
     book = CartBook(RULES)
     decoded = [cart_event(decode_record(r)) for r in sorted(stream.records, key=lambda r: r.timestamp_ms)]
     events = [e for e in decoded if e is not None]
-    out = book.add(events, {("clickstream", 0): T0 + 2 * HOUR, ("orders", 0): T0 + 2 * HOUR}, NOW_MS)
+    out = book.add(events, Progress({("clickstream", 0): T0 + 2 * HOUR, ("orders", 0): T0 + 2 * HOUR}), NOW_MS)
     assert [c.user_id for c in out.abandoned] == ["a"]
     assert book.open_carts() == 0 and book.deadlines == []
     assert [e.ts for e in book.pending] == [T0 + 2 * HOUR]  # the last click, not yet passed by the watermark
@@ -170,14 +183,14 @@ def test_bad_input_is_skipped_and_every_bucket_hears_the_time():
     batches = triage_batch(records, CONFIG, NOW_MS)
     assert len(batches) == CONFIG.buckets
     assert sum(len(batch.events) for _, batch in batches) == 1
-    assert all(batch.progress == {("clickstream", 0): T0} for _, batch in batches)
+    assert all(batch.progress.latest == {("clickstream", 0): T0} for _, batch in batches)
 
 
 # -- quiet input ---------------------------------------------------------------------------------
 
 
 def test_a_deadline_passes_by_wall_clock_when_all_input_is_quiet():
-    rules = CartRules(abandon_after_ms=1000, lateness_ms=0, idle_source_ms=100, startup_grace_ms=0)
+    rules = CartRules(abandon_after_ms=1000, lateness_ms=0)
     config = CouponsConfig(max_event_ahead_ms=HOUR, policy=POLICY, rules=rules, buckets=4)
     now = int(time.time() * 1000)
     records = Stream().add(now, "quiet").records

@@ -10,7 +10,7 @@ from simulators import generate
 from simulators.testing import input_records
 from simulators.timeline import HOUR, MINUTE
 from state.kafka import InputRecord
-from state.redis_store import DecideOnce, SetValue
+from state.redis_store import DecideOnce, SetIfLater
 
 CONFIG = FraudFlowConfig(
     engine=FraudConfig(lateness_ms=10_000, checkpoint_interval_ms=10 * MINUTE),
@@ -48,7 +48,7 @@ def test_every_requested_payment_gets_one_decision_in_redis_and_on_the_topic():
     fraud_ids = {r.payment_id for r in sim.truth if r.kind == "fraud_payment" and r.pattern == "card_testing"}
     blocked = {d["payment_id"] for d in decisions if d["decision"] == "block"}
     assert fraud_ids and len(blocked & fraud_ids) >= 0.8 * len(fraud_ids)  # the rules alone, cold model
-    flags = [w for w in redis_out if isinstance(w, SetValue)]
+    flags = [w for w in redis_out if isinstance(w, SetIfLater)]
     assert {w.key for w in flags} >= {f"fraud:flagged:{d['user_id']}" for d in decisions if d["decision"] == "block"}
     assert all(w.ttl_s == 30 * 86400 for w in flags)
     metrics = [orjson.loads(m.value) for m in kafka_out if m.topic == "metrics"]

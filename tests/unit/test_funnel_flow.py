@@ -24,7 +24,7 @@ T0 = 1_763_683_200_000  # a minute boundary
 NOW_MS = 1_000  # a fixed wall clock: everything moves on event time
 CONFIG = FunnelConfig(
     max_event_ahead_ms=10**13,
-    rules=FunnelRules(window_ms=MINUTE, lateness_ms=5_000, startup_grace_ms=0),
+    rules=FunnelRules(window_ms=MINUTE, lateness_ms=5_000),
     rolling_ms=3 * MINUTE,
     buckets=4,
 )

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from operators.funnel import CLICK, PAYMENT_FAILED, PAYMENT_SUCCEEDED, FunnelBucket, FunnelEvent, FunnelRules
+from operators.clock import Progress
+from operators.funnel import CLICK, KPI_ORDERS, ORDER_CREATED, PAYMENT_FAILED, PAYMENT_SUCCEEDED, FunnelBucket, FunnelEvent, FunnelRules
 from operators.funnel_detectors import DropoffConfig, DropoffDetector, PaymentFailureDetector, two_proportion_test
 from shopstream.settings import ConfigError, Settings
 
@@ -25,12 +26,13 @@ def pay(seconds, user, order_id, succeeded):
     return FunnelEvent(T0 + int(seconds * 1000), kind, user, None, order_id, 5 if succeeded else 0)
 
 
-RULES = FunnelRules(window_ms=MINUTE, lateness_ms=0, session_timeout_ms=30 * MINUTE, order_retention_ms=60 * MINUTE,
-                    startup_grace_ms=0)
+RULES = FunnelRules(window_ms=MINUTE, lateness_ms=0, session_timeout_ms=30 * MINUTE, order_retention_ms=60 * MINUTE)
 
 
 def feed(bucket, events):
-    return bucket.add(events, {("clickstream", 0): max(e.ts for e in events)}, 0)
+    """The events, and the stream moved just past the last of them, so all are applied
+    (an event waits until the watermark is past it)."""
+    return bucket.add(events, Progress({("clickstream", 0): max(e.ts for e in events) + 1}), 0)
 
 
 def test_finished_sessions_are_dropped_after_the_timeout():
@@ -43,6 +45,30 @@ def test_finished_sessions_are_dropped_after_the_timeout():
     assert set(bucket.latest_session) == {"u0", "late"}
     feed(bucket, [click(56 * 60, "late", "x")])
     assert set(bucket.sessions) == {"x"} and not bucket.windows.keys() - {T0 + 56 * MINUTE}
+
+
+def order(seconds, user, order_id):
+    return FunnelEvent(T0 + int(seconds * 1000), ORDER_CREATED, user, None, order_id, 4)
+
+
+def test_an_order_joins_the_same_session_whichever_partition_was_read_first():
+    """The order (no session id) joins the user's latest session at its event time: the
+    web session that started before it, even when those clicks are read after it."""
+    app_click = click(1, "u1", "s-app")
+    web_click = FunnelEvent(T0 + 3000, CLICK, "u1", "s-web", None, 0, 0.0, "web", "zj", "pc", True)
+    placed = order(5, "u1", "o1")
+
+    def channels_of_orders(batches):
+        bucket = FunnelBucket("0", RULES)
+        for batch in batches:
+            bucket.add(batch, Progress({("clickstream", 0): 3000 + T0, ("orders", 0): 5000 + T0}), 0)
+        (report,) = bucket.flush()
+        return {channel: tallies[KPI_ORDERS] for partial in report.partials for channel, tallies in partial.kpi.items()}
+
+    clicks_first = channels_of_orders([[app_click, web_click], [placed]])
+    orders_first = channels_of_orders([[placed], [app_click], [web_click]])
+    assert clicks_first == orders_first
+    assert clicks_first.get("web") == 1 and not clicks_first.get("app")
 
 
 def test_a_shopper_whose_payments_all_failed_counts_once_and_a_bot_retrying_cards_once():
@@ -163,3 +189,14 @@ def test_a_resumed_aggregator_forgets_buckets_that_no_longer_exist():
     aggregator.add([BucketReport(str(b), T0 + MINUTE, []) for b in range(4)])
     resumed = aggregator_for(aggregator, replace(config, buckets=2))
     assert set(resumed.closed_through) == {"0", "1"} and resumed.rules.buckets == 2
+
+
+def test_a_bucket_without_events_reports_as_soon_as_the_watermark_passes_a_window():
+    """The first batch may hold only a partition that is ahead (clicks at 61 s); a bucket
+    with no events of its own must still tell the aggregator that minute 0 is final once
+    the stream's watermark passes it, not only when it closes minute 1."""
+    bucket = FunnelBucket("0", RULES)
+    ahead, behind = ("clickstream", 1), ("orders", 0)
+    assert bucket.add([], Progress({ahead: T0 + 61_000}, {ahead: True, behind: False}, 2), 0) == []
+    (report,) = bucket.add([], Progress({behind: T0 + 18_000}, {behind: True}, 2), 0)
+    assert report.closed_through == T0 + MINUTE and report.partials == []

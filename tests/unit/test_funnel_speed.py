@@ -10,6 +10,7 @@ import json
 import orjson
 
 from flows.funnel import _FUNNEL_RECORDS, BucketBatch, FunnelConfig, triage_batch
+from operators.clock import Progress
 from operators.funnel import ORDER, ORDER_CREATED, FunnelBucket, FunnelEvent, FunnelRules, funnel_event
 from simulators import generate
 from simulators.testing import input_records
@@ -25,14 +26,12 @@ def triage_by_decoding_every_record(records, config, now_ms):
     """The funnel's triage as it was: every record through the checked decoder."""
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     per_bucket = [[] for _ in range(config.buckets)]
-    progress = {}
+    progress = Progress()
     for record in records:
         event = decode_record(record, latest_ts_ms)
         if type(event) not in _FUNNEL_RECORDS:
             continue
-        source = (record.topic, record.partition)
-        if event.ts > progress.get(source, -1):
-            progress[source] = event.ts
+        progress.saw((record.topic, record.partition), event.ts)
         item = funnel_event(event)
         if item is not None:
             per_bucket[zlib.crc32(item.user_id.encode()) % config.buckets].append(item)
@@ -85,26 +84,30 @@ def order(minute, user, order_id):
 
 
 def test_orders_without_a_session_wait_until_their_own_window_closes():
-    rules = FunnelRules(window_ms=MINUTE, lateness_ms=0, startup_grace_ms=0)
+    rules = FunnelRules(window_ms=MINUTE, lateness_ms=0)
     bucket = FunnelBucket("0", rules)
     source = ("orders", 0)
-    bucket.add([order(0, "early", "o0")], {source: T0}, 0)
-    bucket.add([order(3, "late", "o3")], {source: T0 + 30_000}, 0)
-    assert set(bucket.unjoined) == {"early", "late"}
+
+    def read(orders, through_ms):
+        """The orders, and the stream read through `through_ms` (events wait for the watermark)."""
+        return bucket.add(orders, Progress({source: through_ms}), 0)
+
+    read([order(0, "early", "o0")], T0 + 1001)
+    read([], T0 + 30_000)
+    assert set(bucket.unjoined) == {"early"}  # its window is open: a session may still come
     assert bucket.unjoined_due_ms <= T0 + MINUTE  # the earliest waiting window's end, or lower
 
-    bucket.add([], {source: T0 + 2 * MINUTE}, 0)  # window 0 closed: its order counts without a session
-    assert set(bucket.unjoined) == {"late"}
-    assert bucket.unjoined_due_ms == T0 + 4 * MINUTE
+    read([order(1, "next", "o1")], T0 + MINUTE + 1001)  # window 0 closed: its order counts without a session
+    assert set(bucket.unjoined) == {"next"}
+    assert bucket.unjoined_due_ms == T0 + 2 * MINUTE
 
-    bucket.add([order(1, "later", "o1")], {source: T0 + 2 * MINUTE + 1}, 0)  # late: counted as a correction
-    bucket.add([order(5, "last", "o5")], {source: T0 + 3 * MINUTE}, 0)
-    assert set(bucket.unjoined) == {"late", "last"}
-    reports = bucket.add([], {source: T0 + 4 * MINUTE}, 0)
+    read([order(0, "later", "o9")], T0 + MINUTE + 1002)  # late: counted as a correction
+    assert set(bucket.unjoined) == {"next"}  # not waiting: its window has closed
+    reports = read([order(3, "last", "o3")], T0 + 3 * MINUTE + 1001)
     assert set(bucket.unjoined) == {"last"}
-    assert bucket.unjoined_due_ms == T0 + 6 * MINUTE
+    assert bucket.unjoined_due_ms == T0 + 4 * MINUTE
     closed = {p.window_start: p for report in reports for p in report.partials}
-    assert sum(t[1] for t in closed[T0 + 3 * MINUTE].kpi.values()) == 1  # the order of window 3
+    assert sum(t[1] for t in closed[T0 + MINUTE].kpi.values()) == 1  # the order of window 1
 
     bucket.flush()
     assert not bucket.unjoined

@@ -1,4 +1,4 @@
-from operators.clock import StreamClock
+from operators.clock import PartitionStatus, Progress, StreamClock
 from operators.dead_letters import DeadLetter
 from operators.events import parse_event
 from operators.input_counts import InputCounter, tally_batch
@@ -164,28 +164,37 @@ def test_a_jump_in_event_time_reports_a_bounded_number_of_windows():
 
 
 def test_a_fast_partition_does_not_close_windows_a_slow_one_is_still_filling():
-    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5, partition_idle_ms=5_000, startup_grace_ms=5_000)
+    counter = InputCounter(MINUTE, lateness_ms=0, key_idle_windows=5)
 
-    def poll(now_ms, partition, start, end):
+    def poll(now_ms, partition, start, end, caught_up=False):
         clicks = [click(ts, n=partition) for ts in range(start, end, 10_000)]
-        return counter.add(tally_batch(clicks, MINUTE), now_ms, {("clickstream", partition): clicks[-1].ts})
+        progress = Progress({("clickstream", partition): clicks[-1].ts})
+        progress.report(PartitionStatus("clickstream", partition, caught_up, 2))
+        return counter.add(tally_batch(clicks, MINUTE), now_ms, progress)
 
     # Reading a backlog: every poll, partition 0 gets much further in event time than 1.
-    # (Nothing closes in the first 5 s: every partition gets to deliver its first batch.)
     assert poll(0, 0, 0, 5 * MINUTE) + poll(0, 1, 0, MINUTE // 2) == []
-    assert poll(4000, 0, 5 * MINUTE, 10 * MINUTE) + poll(4000, 1, MINUTE // 2, 2 * MINUTE) == []
-    closed = poll(7000, 1, 2 * MINUTE, 3 * MINUTE)
+    assert poll(4000, 0, 5 * MINUTE, 10 * MINUTE) == []
+    closed = poll(4000, 1, MINUTE // 2, 2 * MINUTE) + poll(7000, 1, 2 * MINUTE, 3 * MINUTE)
     # Only what the slow partition has passed closes, holding both partitions' clicks.
     totals = {r.window_start: r.events for r in closed if r.series == "input:clickstream"}
     assert totals == {0: 12, MINUTE: 12}
-    # Both go silent: once both are idle, the stream counts as quiet and the rest closes.
-    assert counter.advance(now_ms=7000 + 4_999) == []
-    totals = {r.window_start: r.events for r in counter.advance(now_ms=7000 + 5_000) if r.dimension == "all"}
+    # Silence from a partition with a backlog is not quiet: nothing more closes, however long.
+    assert counter.advance(now_ms=7000 + 600_000) == []
+    # Once both reach their end, what was read closes, and then quiet wall time moves the clock.
+    progress = Progress()
+    progress.report(PartitionStatus("clickstream", 0, True, 2))
+    assert counter.add([], 650_000, progress) == []  # partition 1 still has a backlog
+    progress.report(PartitionStatus("clickstream", 1, True, 2))
+    totals = {r.window_start: r.events for r in counter.add([], 700_000, progress) if r.dimension == "all"}
     assert totals == {2 * MINUTE: 12, **{m * MINUTE: 6 for m in range(3, 9)}}
+    assert counter.advance(now_ms=700_000 + 9_999) == []
+    totals = {r.window_start: r.events for r in counter.advance(now_ms=700_000 + 10_000) if r.dimension == "all"}
+    assert totals == {9 * MINUTE: 6}
 
 
 def test_clock_without_sources_keeps_following_the_largest_event_time():
-    clock = StreamClock(lateness_ms=0, idle_source_ms=5_000)
+    clock = StreamClock(lateness_ms=0)
     clock.observe(10, now_ms=0)
     clock.observe(5, now_ms=0)
     assert clock.watermark(0) == 10

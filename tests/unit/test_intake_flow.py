@@ -4,6 +4,7 @@ import orjson
 import pytest
 from bytewax.testing import TestingSource, TestingSink, cluster_main, run_main
 
+from operators.clock import Progress
 from flows.intake import IntakeConfig, build_flow
 from state.kafka import InputRecord
 from state.redis_store import AddToHistory, SetLatest
@@ -49,10 +50,10 @@ def build_records():
     return records
 
 
-def run_intake(records, workers):
+def run_intake(records, workers, config=CONFIG):
     kafka_out, redis_out = [], []
     flow = build_flow(
-        TestingSource(records, batch_size=16), TestingSink(kafka_out), TestingSink(redis_out), CONFIG, fixed_clock
+        TestingSource(records, batch_size=16), TestingSink(kafka_out), TestingSink(redis_out), config, fixed_clock
     )
     if workers == 1:
         run_main(flow)
@@ -92,6 +93,20 @@ def test_counts_every_good_event_and_routes_each_bad_one_once(workers):
     assert sorted(w.score for w in history) == [0, MINUTE, 2 * MINUTE]
 
 
+def test_dead_letters_keep_as_many_raw_bytes_as_configured():
+    from dataclasses import replace
+
+    from shopstream.settings import Settings
+
+    config = IntakeConfig.from_settings(Settings.from_env({"SHOPSTREAM_DEAD_LETTER_RAW_BYTES": "8"}))
+    assert config.dead_letter_raw_bytes == 8
+    config = replace(config, window_ms=MINUTE, lateness_ms=0, max_event_ahead_ms=3_600_000)
+    kafka_out, _ = run_intake(build_records(), 1, config)
+    dead = {d["dead_letter_id"]: d for d in (orjson.loads(m.value) for m in kafka_out if m.topic == "dead-letters")}
+    cut = dead["clickstream:0:1000"]
+    assert (cut["raw"], cut["raw_truncated"], cut["raw_length"]) == ('{"event_', True, 24)
+
+
 def test_one_and_two_workers_give_the_same_results():
     one, _ = run_intake(build_records(), 1)
     two, _ = run_intake(build_records(), 2)
@@ -116,8 +131,8 @@ def test_counts_do_not_depend_on_how_upstream_batches_are_grouped():
         ]
 
     # The first batch closes window 0; the second brings one more event for it (late).
-    first = InputTallies(tally_batch(clicks(1, MINUTE + 1), MINUTE), {("clickstream", 0): MINUTE + 1})
-    second = InputTallies(tally_batch(clicks(2, MINUTE * 2 + 1), MINUTE), {("clickstream", 0): MINUTE * 2 + 1})
+    first = InputTallies(tally_batch(clicks(1, MINUTE + 1), MINUTE), Progress({("clickstream", 0): MINUTE + 1}))
+    second = InputTallies(tally_batch(clicks(2, MINUTE * 2 + 1), MINUTE), Progress({("clickstream", 0): MINUTE * 2 + 1}))
 
     def logic():
         return _InputCountLogic(InputCounter(MINUTE, 0, 5), fixed_clock)

@@ -21,7 +21,7 @@ def test_versions_grow_and_latest_follows(tmp_path):
 
 def test_a_river_model_round_trips_with_its_predictions_and_waiting_labels(tmp_path):
     names = RfmRules().feature_names
-    model = ChurnModel(names, ModelRules(batch_size=2))
+    model = ChurnModel(names, ModelRules(batch_size=2, min_labels_per_class=1))
     cold = model.score(tuple(0.0 for _ in names))
     x = tuple(float(i % 5) for i in range(len(names)))
     for label in (True, False, True, True, False):

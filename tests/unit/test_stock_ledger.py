@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+from operators.clock import PartitionStatus, Progress
 from operators.stock import StockLedger, StockLine, StockRules
 
 NOW_MS = 1_000_000_000  # a fixed wall clock: everything runs on event time
@@ -26,8 +27,23 @@ def run(lines, rules=RULES, batch=1):
     changes = []
     for i in range(0, len(lines), batch):
         chunk = lines[i : i + batch]
-        changes.append(ledger.add(chunk, {("orders", 0): max(line.ts for line in chunk)}, NOW_MS))
+        changes.append(ledger.add(chunk, Progress({("orders", 0): max(line.ts for line in chunk)}), NOW_MS))
+    changes.append(ledger.flush())  # the input ends: what waits for the lateness applies
     return ledger, changes
+
+
+def feed(ledger, lines):
+    """More lines after `run`, applied at once (the input ends after them)."""
+    ledger.add(lines, Progress({("orders", 0): max(line.ts for line in lines)}), NOW_MS)
+    return ledger.flush()
+
+
+def reports(latest, caught_up, partitions=2):
+    """A batch's progress with its partitions' reports, as the Kafka source gives them."""
+    progress = Progress(dict(latest))
+    for (topic, partition), done in caught_up.items():
+        progress.report(PartitionStatus(topic, partition, done, partitions))
+    return progress
 
 
 def latest_views(changes):
@@ -74,13 +90,13 @@ def test_order_lifecycle_reserves_commits_and_releases_from_its_pool(pool):
         return (available if pool == "spot" else presale), reserved, (presale if pool == "spot" else available)
 
     assert state() == (4, 6, 7)
-    ledger.add([order(5, "paid", "o1", 3, pool=pool)], {("orders", 0): 5}, NOW_MS)
+    feed(ledger, [order(5, "paid", "o1", 3, pool=pool)])
     assert state() == (4, 3, 7)  # committed: sold, no longer reserved
-    ledger.add([order(6, "cancelled", "o2", 2, pool=pool)], {("orders", 0): 6}, NOW_MS)
+    feed(ledger, [order(6, "cancelled", "o2", 2, pool=pool)])
     assert state() == (6, 1, 7)  # released back to available
-    ledger.add([order(7, "refunded", "o3", 1, pool=pool)], {("orders", 0): 7}, NOW_MS)
+    feed(ledger, [order(7, "refunded", "o3", 1, pool=pool)])
     assert state() == (7, 0, 7)  # a refund of an unpaid order releases its reservation
-    ledger.add([order(9, "refunded", "o1", 3, pool=pool)], {("orders", 0): 9}, NOW_MS)
+    feed(ledger, [order(9, "refunded", "o1", 3, pool=pool)])
     assert state() == (7, 0, 7)  # a refund of a paid order moves no stock
 
 
@@ -108,7 +124,7 @@ def test_a_set_absorbs_earlier_deltas_and_later_ones_count():
                      inv(20, "restock", 5)])
     # The count at 10 already excludes the order reserved at 5; it still holds its unit.
     assert numbers(ledger) == (104, 2, 0)
-    ledger.add([order(30, "cancelled", "early")], {("orders", 0): 30}, NOW_MS)
+    feed(ledger, [order(30, "cancelled", "early")])
     assert numbers(ledger) == (105, 1, 0)
 
 
@@ -163,7 +179,7 @@ def test_finished_orders_are_forgotten_and_open_ones_kept():
     lines.append(order(200, "created", "open"))
     ledger, _ = run(lines, batch=50)
     assert ledger.open_orders() == 101
-    ledger.add([inv(200_000, "adjust", 0, event_id="tick")], {("orders", 0): 200_000}, NOW_MS + 10_000)  # time passes
+    ledger.add([inv(200_000, "adjust", 0, event_id="tick")], Progress({("orders", 0): 200_000}), NOW_MS + 10_000)  # time passes
     assert ledger.open_orders() == 1
     assert numbers(ledger) == (949, 1, 0)
     assert sum(len(pool.log) for pool in ledger.skus["A"].pools.values()) <= 1
@@ -235,7 +251,7 @@ def test_a_projection_cools_down_when_sales_stop():
     lines = [inv(0, "set", 200, safety=5)] + [order(1000 + n * 500, "created", f"o{n}", 1) for n in range(60)]
     ledger, changes = run(lines, batch=10)
     assert ledger.projected == {"A"}
-    later = ledger.add([inv(400_000, "adjust", 0, sku="B", event_id="tick")], {("orders", 0): 400_000}, NOW_MS + 10_000)
+    later = ledger.add([inv(400_000, "adjust", 0, sku="B", event_id="tick")], Progress({("orders", 0): 400_000}), NOW_MS + 10_000)
     assert [(c.sku, c.level) for c in later.level_changes if c.sku == "A"] == [("A", "safe")]
     assert [(c.rule, c.active) for c in later.candidates if c.key == "A"] == [("stock.low", False)]
     assert ledger.projected == set()
@@ -246,19 +262,23 @@ def test_a_partition_behind_in_a_backlog_holds_back_forgetting():
     read late must still be rebased on every order stamped after it."""
     ledger = StockLedger(RULES)
     orders = [order(10_000 + n * 360_000, "created", f"o{n}") for n in range(10)]
-    ledger.add([], {("inventory", 0): 1_000}, NOW_MS)
-    ledger.add([], {("inventory", 0): 2_000}, NOW_MS + 5_500)  # still delivering: it has a backlog
-    ledger.add(orders, {("orders", 0): 3_250_000}, NOW_MS + 6_000)
-    ledger.add([inv(5_000, "set", 100)], {("inventory", 0): 5_000}, NOW_MS + 7_000)
+    behind = {("inventory", 0): False, ("orders", 0): False}
+    ledger.add([], reports({("inventory", 0): 1_000}, behind), NOW_MS)
+    ledger.add([], reports({("inventory", 0): 2_000}, {}), NOW_MS + 60_000)  # starved for a minute: still behind
+    ledger.add(orders, reports({("orders", 0): 3_250_000}, {("orders", 0): True}), NOW_MS + 61_000)
+    assert ledger.open_orders() == 0  # nothing applied while inventory holds the clock
+    ledger.add([inv(5_000, "set", 100)], reports({("inventory", 0): 5_000}, {("inventory", 0): True}), NOW_MS + 62_000)
+    ledger.advance(NOW_MS + 72_000)  # every partition at its end: quiet wall time passes the last order
     assert numbers(ledger) == (90, 10, 0)
 
 
-def test_an_idle_partition_does_not_hold_back_forgetting():
+def test_a_partition_at_its_end_does_not_hold_back_forgetting():
     ledger = StockLedger(RULES)
-    ledger.add([inv(1_000, "set", 100, sku="B")], {("inventory", 0): 1_000}, NOW_MS)
+    ledger.add([inv(1_000, "set", 100, sku="B")], reports({("inventory", 0): 1_000}, {("inventory", 0): True,
+                                                                                      ("orders", 0): False}), NOW_MS)
     lines = [order(100_000 + n, s, f"o{n}") for n in range(10) for s in ("created", "paid")]
-    ledger.add(lines, {("orders", 0): 100_009}, NOW_MS + 1_000)
-    ledger.add([], {("orders", 0): 1_000_000}, NOW_MS + 20_000)  # inventory silent for 19 s: caught up
+    ledger.add(lines, reports({("orders", 0): 100_009}, {}), NOW_MS + 1_000)
+    ledger.add([], reports({("orders", 0): 1_000_000}, {}), NOW_MS + 2_000)  # inventory at its end holds nothing
     assert ledger.open_orders() == 0
 
 

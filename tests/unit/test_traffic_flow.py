@@ -1,0 +1,164 @@
+"""The traffic flow on TestingSource/TestingSink, on the brushing and click_farm scenarios:
+flags against the simulator's ring truth (on seeds the thresholds were not tuned on),
+shared-address crowds left alone, outputs as the README documents them, the same flags
+whatever the batching and across a snapshot, bad input skipped."""
+
+from __future__ import annotations
+
+import pickle
+
+import orjson
+import pytest
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from flows.traffic import TrafficFlowConfig, build_flow, decode_batch
+from operators.traffic_engine import TrafficConfig, TrafficEngine
+from simulators import generate
+from simulators.testing import input_records
+from simulators.timeline import HOUR
+from state.kafka import InputRecord
+from state.redis_store import ReplaceHash, SetIfLater, SetValue
+from state.serde import decode_event
+
+CONFIG = TrafficFlowConfig(engine=TrafficConfig(), max_event_ahead_ms=3_600_000, flag_ttl_s=30 * 86400)
+NOW_MS = 1_900_000_000_000
+TOPICS = ("clickstream", "orders", "payments")
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    # Seed 23: the thresholds were set on seeds 5, 11 and 12.
+    sim = generate(("brushing", "click_farm"), seed=23, duration_ms=2 * HOUR, shoppers=60_000)
+    return sim, [r for r in input_records(sim) if r.topic in TOPICS]
+
+
+def run_traffic(records, batch_size=200):
+    kafka_out, redis_out = [], []
+    run_main(build_flow(TestingSource(records, batch_size=batch_size), TestingSink(kafka_out), TestingSink(redis_out),
+                        CONFIG, now_ms=lambda: NOW_MS))
+    return kafka_out, redis_out
+
+
+def precision_recall(flagged: set, truth: set) -> tuple[float, float]:
+    hits = len(flagged & truth)
+    return hits / max(1, len(flagged)), hits / max(1, len(truth))
+
+
+def test_flags_match_the_ring_truth_and_crowds_behind_shared_addresses_are_left_alone(scenario):
+    sim, records = scenario
+    kafka_out, redis_out = run_traffic(records)
+    flags = [orjson.loads(m.value) for m in kafka_out if m.topic == "traffic-flags"]
+    fake_orders = {r.order_id for r in sim.truth if r.kind == "fake_order"}
+    fake_sessions = {r.session_id for r in sim.truth if r.kind == "fake_session"}
+    members = {r.user_id for r in sim.truth if r.kind == "ring_member"}
+    assert len(fake_orders) > 50 and len(fake_sessions) > 50
+    order_p, order_r = precision_recall({f["order_id"] for f in flags if f["kind"] == "brushing"}, fake_orders)
+    session_p, session_r = precision_recall({f["session_id"] for f in flags if f["kind"] == "click_farm"},
+                                            fake_sessions)
+    assert order_p >= 0.95 and order_r >= 0.90  # the issue's targets
+    assert session_p >= 0.90 and session_r >= 0.85
+
+    # Hundreds of ordinary accounts share each NAT and carrier address: none is flagged.
+    nat = next(r for r in sim.truth if r.kind == "incident" and r.name == "shared_addresses").detail
+    shared_ips = set(nat["nat_ips"]) | set(nat["carrier_ips"])
+    behind_shared = {orjson.loads(r.value)["user_id"] for r in records
+                     if r.topic == "clickstream" and orjson.loads(r.value).get("ip") in shared_ips} - members
+    assert len(behind_shared) > 500
+    assert not behind_shared & {f["user_id"] for f in flags}
+
+    # The contract's shape; ids once each.
+    assert len({f["flag_id"] for f in flags}) == len(flags)
+    for flag in flags:
+        assert set(flag) >= {"flag_id", "ts", "kind", "user_id", "ring_id", "ring_size", "score", "reasons"}
+        if flag["kind"] == "brushing":
+            assert flag["flag_id"] == f"tf-o-{flag['order_id']}" and flag["sku"]
+        else:
+            assert flag["flag_id"] == f"tf-s-{flag['session_id']}" and "order_id" not in flag
+        assert 0 < flag["score"] <= 1 and "ring.member" in flag["reasons"]
+    keys = [m.key for m in kafka_out if m.topic == "traffic-flags"]
+    assert keys == [f["flag_id"].encode() for f in flags]
+
+    # Redis: traffic:order per flagged order, ring hashes, the coupon guardrail's flag.
+    writes = {w.key: w for w in redis_out if isinstance(w, (SetValue, SetIfLater))}
+    flagged_orders = [f for f in flags if f["kind"] == "brushing"]
+    assert all(orjson.loads(writes[f"traffic:order:{f['order_id']}"].value) == f for f in flagged_orders)
+    assert all(writes[f"traffic:order:{f['order_id']}"].ttl_s == 7 * 86400 for f in flagged_orders)
+    assert {f"fraud:flagged:{f['user_id']}" for f in flags} <= set(writes)
+    rings = {}
+    for w in redis_out:
+        if isinstance(w, ReplaceHash):
+            rings[w.key] = dict(w.fields)  # the last write is the ring's state
+    assert {f"ring:{f['ring_id']}" for f in flags} <= set(rings)
+    total_orders = sum(int(r["flagged_orders"]) for r in rings.values())
+    assert total_orders == len(flagged_orders)
+    gmv = sum(float(r["flagged_gmv"]) for r in rings.values())
+    flagged_ids = {f["order_id"] for f in flagged_orders}
+    truth_gmv = sum(r.amount for r in sim.truth if r.kind == "fake_order" and r.order_id in flagged_ids)
+    assert gmv == pytest.approx(truth_gmv, abs=0.05 * len(rings))
+    assert all(set(orjson.loads(r["shared_keys"])) == {"ip", "device", "card"} for r in rings.values())
+
+    # Flagged figures per KPI window (the last write of each window holds), for clean KPIs.
+    windows = {w.key: orjson.loads(w.value) for w in redis_out
+               if isinstance(w, SetValue) and w.key.startswith("traffic:window:")}
+    on_metrics = {}
+    for m in kafka_out:
+        if m.topic == "metrics":
+            record = orjson.loads(m.value)
+            on_metrics[record["window_start"]] = record
+    assert {f"traffic:window:{start}": record for start, record in on_metrics.items()} == windows
+    assert all(w["window_end"] - w["window_start"] == 60_000 and w["window_start"] % 60_000 == 0
+               for w in windows.values())
+    assert sum(w["flagged_orders"] for w in windows.values()) == len(flagged_orders)
+    assert sum(w["flagged_sessions"] for w in windows.values()) == len(flags) - len(flagged_orders)
+    assert sum(w["flagged_gmv"] for w in windows.values()) == pytest.approx(truth_gmv, abs=0.01 * len(windows))
+    for flag in flagged_orders:  # each in the window of its paid time, with its amount
+        assert windows[f"traffic:window:{flag['ts'] // 60_000 * 60_000}"]["flagged_orders"] >= 1
+        assert flag["amount"] > 0
+
+    # Alerts: one traffic.brushing per ring and SKU, and the click farm's campaign SKUs.
+    candidates = [orjson.loads(m.value) for m in kafka_out if m.topic == "alert-candidates"]
+    brushing = [c for c in candidates if c["rule"] == "traffic.brushing" and c["active"]]
+    assert brushing and len({c["key"] for c in brushing}) == len(brushing)
+    assert {c["key"] for c in brushing} == {f"{f['ring_id']}:{f['sku']}" for f in flagged_orders}
+    farms = [c for c in candidates if c["rule"] == "traffic.click_farm" and c["active"]]
+    campaign = {sku for r in sim.truth if r.kind == "fake_session" for sku in r.skus}
+    assert farms and {c["key"] for c in farms} <= campaign and all(c["value"] >= 0.5 for c in farms)
+
+
+def test_same_input_same_flags_whatever_the_batching_and_across_a_snapshot(scenario):
+    _, records = scenario
+    first, _ = run_traffic(records, batch_size=200)
+    again, _ = run_traffic(records, batch_size=37)
+    flags = sorted(m.value for m in first if m.topic == "traffic-flags")
+    assert flags and flags == sorted(m.value for m in again if m.topic == "traffic-flags")
+
+    # The engine pickled half way (a snapshot) and resumed gives the same flags.
+    events = [decode_event(r.topic, r.value) for r in records]
+    half = len(events) // 2
+    straight = TrafficEngine(CONFIG.engine)
+    resumed = TrafficEngine(CONFIG.engine)
+    out_straight, out_resumed = [], []
+    for i in range(0, len(events), 500):
+        out_straight += straight.process(events[i:i + 500], NOW_MS).flags
+    out_straight += straight.flush().flags
+    for i in range(0, half, 500):
+        out_resumed += resumed.process(events[i:min(i + 500, half)], NOW_MS).flags
+    resumed = pickle.loads(pickle.dumps(resumed))
+    for i in range(half, len(events), 500):
+        out_resumed += resumed.process(events[i:i + 500], NOW_MS).flags
+    out_resumed += resumed.flush().flags
+    assert sorted(f.to_dict()["flag_id"] for f in out_straight) == sorted(f.to_dict()["flag_id"] for f in out_resumed)
+    assert sorted(orjson.dumps(f.to_dict()) for f in out_straight) == sorted(flags)
+
+
+def test_bad_input_is_skipped_not_fatal():
+    good = orjson.dumps({"event_id": "e1", "ts": 1_731_000_000_000, "user_id": "u1", "session_id": "s1",
+                         "type": "page_view", "channel": "app", "region": "east", "device": "ios"})
+    records = [
+        InputRecord("clickstream", 0, 0, b"{not json", 1),
+        InputRecord("orders", 0, 0, orjson.dumps({"event_id": "e0", "status": "paid"}), 1),
+        InputRecord("clickstream", 0, 1, good, 1),
+    ]
+    assert [len(batch.events) for _, batch in decode_batch(records, 3_600_000, NOW_MS)] == [1]
+    kafka_out, redis_out = run_traffic(records)
+    assert kafka_out == [] and redis_out == []
