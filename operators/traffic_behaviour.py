@@ -3,7 +3,10 @@
 A `SessionTrail` keeps a bounded summary of one session (never its clicks): how it
 started, whether it searched or browsed, the SKUs it viewed (at most 4), whether it
 carted or ordered, and the gaps between its first clicks (at most 8), which is what
-scripted sessions give away: a script waits the same few seconds every time.
+scripted sessions give away: a script waits the same few seconds every time. It also
+keeps the deepest funnel stage it reached in each KPI window (`StageMarks`, at most 32
+windows), so that a flagged session can be taken out of the funnel's windows exactly as
+the funnel counted it.
 
 Scores are sums of stable reason codes (`SCORE_WEIGHTS`), capped at 1:
 
@@ -27,6 +30,7 @@ from typing import Iterable
 
 MAX_SKUS = 4
 MAX_GAPS = 8
+MAX_STAGE_WINDOWS = 32  # a session active in more windows than this keeps its first 32
 TIMING_TOLERANCE = 0.15
 
 SCORE_WEIGHTS: dict[str, float] = {
@@ -42,11 +46,37 @@ SCORE_WEIGHTS: dict[str, float] = {
 }
 
 
+def raise_stage(marks: list[int], window: int, stage: int) -> int | None:
+    """Record that a session reached `stage` in `window`; returns the stage it had there
+    before (-1: none), or None when nothing changed.
+
+    `marks` is flat, `[window, deepest stage, window, deepest stage, ...]`: a session
+    touches one to three windows, and a list is a third of a dict's size. Newest last,
+    so the usual case (the latest window) is found first."""
+    for i in range(len(marks) - 2, -1, -2):
+        if marks[i] == window:
+            before = marks[i + 1]
+            if stage <= before:
+                return None
+            marks[i + 1] = stage
+            return before
+    if len(marks) >= 2 * MAX_STAGE_WINDOWS:
+        return None  # bounded: a session that never ends keeps its first windows
+    marks.append(window)
+    marks.append(stage)
+    return -1
+
+
+def stage_pairs(marks: list[int]) -> list[tuple[int, int]]:
+    """`(window, deepest stage)` of every window a session was active in."""
+    return list(zip(marks[0::2], marks[1::2]))
+
+
 class SessionTrail:
     """A bounded summary of one click session."""
 
     __slots__ = ("user_id", "first_ts", "last_ts", "clicks", "searches", "skus", "carted", "ordered", "gaps",
-                 "ip", "device_id")
+                 "ip", "device_id", "stages", "counted")
 
     def __init__(self, user_id: str, ts: int):
         self.user_id = user_id
@@ -60,6 +90,16 @@ class SessionTrail:
         self.gaps: list[int] = []  # ms between consecutive clicks, first MAX_GAPS
         self.ip: str | None = None
         self.device_id: str | None = None
+        self.stages: list[int] = []  # per KPI window its deepest funnel stage (`raise_stage`)
+        self.counted = False  # its stages are in the flagged windows' figures
+
+    def __setstate__(self, state) -> None:
+        # Snapshots from before stages were kept: an empty record, never counted.
+        slots = state[1] if isinstance(state, tuple) else state
+        slots.setdefault("stages", [])
+        slots.setdefault("counted", False)
+        for name, value in slots.items():
+            setattr(self, name, value)
 
     def add(self, ts: int, click_type: str, sku: str | None) -> None:
         if self.clicks and len(self.gaps) < MAX_GAPS:

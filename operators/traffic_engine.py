@@ -33,7 +33,8 @@ from typing import Any, Iterable, NamedTuple
 from operators.alerts import AlertCandidate
 from operators.clock import Progress, StreamClock
 from operators.events import ClickEvent, OrderEvent, PaymentEvent
-from operators.traffic_behaviour import SessionTrail, score, scripted
+from operators.funnel import ORDER, PAYMENT, STAGE_OF_CLICK, STAGES, VISIT
+from operators.traffic_behaviour import SessionTrail, raise_stage, score, scripted, stage_pairs
 from operators.traffic_graph import CARD, DEVICE, IP, KIND_NAMES, LinkGraph, LinkRules, account_hash, key_hash
 
 BRUSHING, CLICK_FARM = "brushing", "click_farm"
@@ -116,7 +117,8 @@ class RingRecord:
 
 
 class _Order:
-    __slots__ = ("order_id", "ts", "session_id", "sku", "quantity", "amount", "paid_ts", "refunded", "flagged")
+    __slots__ = ("order_id", "ts", "session_id", "sku", "quantity", "amount", "paid_ts", "refunded", "flagged",
+                 "stages", "counted")
 
     def __init__(self, event: OrderEvent):
         self.order_id = event.order_id
@@ -130,12 +132,19 @@ class _Order:
         self.paid_ts: int | None = None
         self.refunded = False
         self.flagged = False
+        # The funnel stages of the order itself (`order` when created, `payment` when paid), per
+        # window: what a flagged order takes out of the funnel when its session is not known.
+        self.stages: list[int] = []
+        self.counted = False
+
+    def __setstate__(self, state) -> None:
+        _restore_slots(self, state)
 
 
 class _Session:
     """A finished session, as much of it as judging needs."""
 
-    __slots__ = ("session_id", "first_ts", "skus", "direct", "ordered", "gaps", "flagged")
+    __slots__ = ("session_id", "first_ts", "skus", "direct", "ordered", "gaps", "flagged", "stages", "counted")
 
     def __init__(self, session_id: str, trail: SessionTrail):
         self.session_id = session_id
@@ -145,9 +154,37 @@ class _Session:
         self.ordered = trail.ordered
         self.gaps = trail.signature()
         self.flagged = False
+        self.stages = trail.stages
+        self.counted = trail.counted
+
+    def __setstate__(self, state) -> None:
+        _restore_slots(self, state)
 
     def signature(self) -> tuple[int, ...]:
         return self.gaps
+
+
+def _restore_slots(obj: Any, state: Any) -> None:
+    """Snapshots from before funnel stages were kept: no stages, never counted."""
+    slots = state[1] if isinstance(state, tuple) else state
+    slots.setdefault("stages", [])
+    slots.setdefault("counted", False)
+    for name, value in slots.items():
+        setattr(obj, name, value)
+
+
+class _FlaggedWindow:
+    """Flagged traffic of one KPI window (absolute figures, restated whenever they change)."""
+
+    __slots__ = ("orders", "gmv", "sessions", "created_orders", "paid_orders", "stage_hist")
+
+    def __init__(self, orders: int = 0, gmv: float = 0.0, sessions: int = 0) -> None:
+        self.orders = orders  # flags of orders, by the flag's ts (paid, else created)
+        self.gmv = gmv  # flagged orders' amounts, by paid time
+        self.sessions = sessions  # flags of click-farm sessions, by first click
+        self.created_orders = 0  # flagged orders created in the window (the KPI's `orders`)
+        self.paid_orders = 0  # flagged orders paid in the window (the KPI's `paid_orders`)
+        self.stage_hist = [0] * len(STAGES)  # flagged sessions by the deepest stage reached in the window
 
 
 class _Account:
@@ -196,6 +233,7 @@ class _Payment(NamedTuple):
     device_id: str | None
     card_fingerprint: str | None
     account_created_ts: int | None
+    order_id: str | None = None  # last: snapshots taken before it existed still load
 
 
 def _compact(event: Any) -> Any:
@@ -204,7 +242,7 @@ def _compact(event: Any) -> Any:
         return _Click(event.ts, event.user_id, event.session_id, event.type, event.sku, event.ip, event.device_id)
     if kind is PaymentEvent:
         return _Payment(event.ts, event.user_id, event.status, event.ip, event.device_id, event.card_fingerprint,
-                        event.account_created_ts)
+                        event.account_created_ts, event.order_id)
     return event
 
 
@@ -228,10 +266,18 @@ class TrafficEngine:
         self.alerted: dict[str, str] = {}  # traffic.brushing dedup key -> ring id
         self.farm_counts: dict[int, dict[str, list[int]]] = {}  # window start -> sku -> [sessions, flagged]
         self.farm_active: set[str] = set()
-        # Flagged orders, GMV and sessions per KPI window (by paid time, else created or first
-        # click): absolute figures, sent again whenever a later flag lands in the window.
-        self.flagged_windows: dict[int, list] = {}
+        # Flagged traffic per KPI window: absolute figures, sent again whenever a later flag
+        # (or a later event of a flagged order or session) lands in the window.
+        self.flagged_windows: dict[int, _FlaggedWindow] = {}
         self.changed_windows: set[int] = set()
+
+    def __setstate__(self, state: dict) -> None:
+        # Snapshots from before the funnel stages: [orders, gmv, sessions] per window.
+        windows = state.get("flagged_windows", {})
+        for start, figures in list(windows.items()):
+            if type(figures) is list:
+                windows[start] = _FlaggedWindow(*figures)
+        self.__dict__.update(state)
 
     def configure(self, config: TrafficConfig) -> None:
         """Resumed under (possibly) new settings."""
@@ -339,28 +385,32 @@ class TrafficEngine:
             trail.device_id = click.device_id
             self._link(trail.user_id, DEVICE, click.device_id, click.ts)
         trail.add(click.ts, click.type, click.sku)
+        self._reach(trail, click.ts, STAGE_OF_CLICK.get(click.type, VISIT))
 
     def _order(self, event: OrderEvent) -> None:
         account = self._account(event.user_id, event.ts)
         if event.status == "created":
             if any(o.order_id == event.order_id for o in account.orders):
                 return
-            account.orders.append(_Order(event))
+            order = _Order(event)
+            account.orders.append(order)
             if len(account.orders) > self.config.max_orders_per_account:
                 account.orders.pop(0)
-            if event.session_id is not None:
-                trail = self.open_sessions.get(event.session_id)
-                if trail is not None:
-                    trail.ordered = True
-                else:
-                    for session in account.sessions:
-                        if session.session_id == event.session_id:
-                            session.ordered = True
+            self._reach(order, event.ts, ORDER)
+            session = self._session_of(account, event.session_id)
+            if session is not None:
+                session.ordered = True
+                self._reach(session, event.ts, ORDER)
             self.dirty.add(event.user_id)
         elif event.status == "paid":
             for order in account.orders:
                 if order.order_id == event.order_id and order.paid_ts is None:
                     order.paid_ts = event.ts
+                    self._order_paid(account, order, event.ts)
+                    if order.flagged:  # flagged before it was paid: its payment is flagged GMV too
+                        figures = self._flagged(event.ts)
+                        figures.paid_orders += 1
+                        figures.gmv += order.amount
                     self.dirty.add(event.user_id)
         elif event.status == "refunded":
             for order in account.orders:
@@ -372,6 +422,11 @@ class TrafficEngine:
         account = self._account(payment.user_id, payment.ts)
         if payment.account_created_ts is not None:
             account.created_ts = payment.account_created_ts
+        if payment.status == "succeeded" and payment.order_id is not None:
+            # The funnel's `payment` stage is reached by a successful payment as by a paid order.
+            for order in account.orders:
+                if order.order_id == payment.order_id:
+                    self._order_paid(account, order, payment.ts)
         if payment.status != "requested":
             return
         self._link(payment.user_id, IP, payment.ip, payment.ts)
@@ -481,7 +536,7 @@ class TrafficEngine:
                 ring.flagged_orders += 1
                 if order.paid_ts is not None:
                     ring.flagged_gmv += order.amount
-                self._count_flagged(flag.ts, 1, flag.amount or 0.0, 0)
+                self._count_flagged_order(account, order, flag)
                 if order.sku is not None:
                     ring.skus[order.sku] = ring.skus.get(order.sku, 0) + 1
                     self._brushing_alert(ring, order.sku, tick, out)
@@ -506,7 +561,8 @@ class TrafficEngine:
                                              account.user_id, ring.ring_id, size, value, tuple(reasons),
                                              session_id=session.session_id, sku=session.skus[0]))
                 ring.flagged_sessions += 1
-                self._count_flagged(session.first_ts, 0, 0.0, 1)
+                self._flagged(session.first_ts).sessions += 1
+                self._count_stages(session)
                 for sku in session.skus:
                     ring.skus[sku] = ring.skus.get(sku, 0) + 1
                 window = session.first_ts // config.farm_window_ms * config.farm_window_ms
@@ -517,22 +573,70 @@ class TrafficEngine:
         if all(r is not ring for r in out.rings):
             out.rings.append(ring)
 
-    def _count_flagged(self, ts: int, orders: int, gmv: float, sessions: int) -> None:
+    # -- flagged traffic per KPI window ------------------------------------------------------
+    def _flagged(self, ts: int) -> _FlaggedWindow:
         window = ts // self.config.metrics_window_ms * self.config.metrics_window_ms
-        figures = self.flagged_windows.setdefault(window, [0, 0.0, 0])
-        figures[0] += orders
-        figures[1] += gmv
-        figures[2] += sessions
+        figures = self.flagged_windows.get(window)
+        if figures is None:
+            figures = self.flagged_windows[window] = _FlaggedWindow()
         self.changed_windows.add(window)
+        return figures
+
+    def _reach(self, holder: "SessionTrail | _Session | _Order", ts: int, stage: int) -> None:
+        """A session (or an order without a known session) reached `stage` at `ts`. Once
+        it is counted as flagged, a deeper stage moves it in its window's histogram."""
+        size = self.config.metrics_window_ms
+        window = ts // size * size
+        before = raise_stage(holder.stages, window, stage)
+        if before is not None and holder.counted:
+            hist = self._flagged(window).stage_hist
+            if before >= 0:
+                hist[before] -= 1
+            hist[stage] += 1
+
+    def _order_paid(self, account: _Account, order: _Order, ts: int) -> None:
+        self._reach(order, ts, PAYMENT)
+        session = self._session_of(account, order.session_id)
+        if session is not None:
+            self._reach(session, ts, PAYMENT)
+
+    def _count_stages(self, holder: "SessionTrail | _Session | _Order") -> None:
+        """Take a flagged session (once) out of the funnel: each window it was active in,
+        at the deepest stage it reached there, as the funnel counted it."""
+        if holder.counted:
+            return
+        holder.counted = True
+        for window, stage in stage_pairs(holder.stages):
+            self._flagged(window).stage_hist[stage] += 1
+
+    def _count_flagged_order(self, account: _Account, order: _Order, flag: TrafficFlag) -> None:
+        figures = self._flagged(flag.ts)
+        figures.orders += 1
+        figures.gmv += flag.amount or 0.0
+        self._flagged(order.ts).created_orders += 1
+        if order.paid_ts is not None:
+            self._flagged(order.paid_ts).paid_orders += 1
+        # The fake order's session is fake traffic too; without a known session, the order
+        # stands for it (the funnel joined it to some session of its user).
+        session = self._session_of(account, order.session_id)
+        self._count_stages(session if session is not None else order)
 
     def _window_figures(self, out: TrafficOutputs) -> None:
         size = self.config.metrics_window_ms
         for window in sorted(self.changed_windows):
-            orders, gmv, sessions = self.flagged_windows[window]
+            figures = self.flagged_windows[window]
+            reached, running = [], 0
+            for n in reversed(figures.stage_hist):
+                running += n
+                reached.append(running)
             # One id per window: a later flag restates the window under the same id (latest wins).
-            out.windows.append({"metric": "traffic", "metric_id": f"traffic:{window}", "window_start": window,
-                                "window_end": window + size,
-                                "flagged_orders": orders, "flagged_gmv": round(gmv, 2), "flagged_sessions": sessions})
+            out.windows.append({
+                "metric": "traffic", "metric_id": f"traffic:{window}", "window_start": window,
+                "window_end": window + size, "flagged_orders": figures.orders, "flagged_gmv": round(figures.gmv, 2),
+                "flagged_sessions": figures.sessions, "flagged_created_orders": figures.created_orders,
+                "flagged_paid_orders": figures.paid_orders,
+                "flagged_stages": dict(zip(STAGES, reversed(reached))),
+            })
         self.changed_windows.clear()
 
     def _session_of(self, account: _Account, session_id: str | None) -> "SessionTrail | _Session | None":
