@@ -7,8 +7,9 @@ like fraud's velocity state.
 Outputs, per batch:
 - Kafka: `traffic-flags` (one per flagged order or session, keyed by `flag_id`), the
   flagged figures per KPI window on `metrics` (`{metric: "traffic", metric_id, window_start,
-  window_end, flagged_orders, flagged_gmv, flagged_sessions}`, again under the same
-  `metric_id` whenever a later flag lands in the window: the latest wins), and
+  window_end, flagged_orders, flagged_gmv, flagged_sessions, flagged_created_orders,
+  flagged_paid_orders, flagged_stages}`, again under the same `metric_id` whenever a later
+  flag lands in the window: the latest wins; `operators.traffic_kpi` subtracts them), and
   `traffic.brushing` / `traffic.click_farm` candidates on `alert-candidates`.
 - Redis: `traffic:order:{order_id}` (the flag JSON, TTL the link horizon);
   `ring:{ring_id}` (the ring's absolute figures, replaced whole);

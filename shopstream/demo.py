@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import replace
 
 
-from operators.traffic_kpi import clean_kpi
+from operators.traffic_kpi import clean_funnel, clean_kpi
 from shopstream import services
 from shopstream.runner import FlowProcess, preflight, resolve_flows, start_flows, stop_all
 from shopstream.settings import INPUT_TOPICS, Settings
@@ -153,16 +153,24 @@ def _funnel_line(client, settings: Settings) -> str:
     funnel, kpi = (client.get(settings.redis_key(key)) for key in ("funnel:all:all", "kpi:latest"))
     if funnel is None or kpi is None:
         return "funnel: no window closed yet"
-    stages = " > ".join(f"{name} {count}" for name, count in loads(funnel)["stages"].items())
-    kpi = loads(kpi)
-    # Clean figures: the traffic flow's flagged orders of the window taken out.
+    funnel, kpi = loads(funnel), loads(kpi)
+    # Clean figures: the traffic flow's flagged orders and sessions of the window taken out.
     flagged = client.get(settings.redis_key(f"traffic:window:{kpi.get('window_start')}"))
-    kpi = clean_kpi(kpi, [loads(flagged)] if flagged is not None else [])
+    flagged = [loads(flagged)] if flagged is not None else []
+    kpi = clean_kpi(kpi, flagged)
+    funnel = clean_funnel(funnel, [w for w in flagged if w.get("window_start") == funnel.get("window_start")])
+    stages = " > ".join(f"{name} {count}" for name, count in funnel["stages"].items())
+    conversion = funnel.get("overall_conversion")
+    conversion = "-" if conversion is None else f"{conversion:.2%}"
+    if (funnel.get("flagged_stages") or {}).get("visit"):
+        gross = funnel.get("overall_conversion_gross")
+        conversion += f" (gross {'-' if gross is None else f'{gross:.2%}'})"
     success = kpi["payment_success_rate"]
     apart = (f" ({kpi['flagged_orders']} flagged orders, {kpi['flagged_gmv']:,.0f} GMV, left out)"
              if kpi["flagged_orders"] else "")
-    return (f"funnel (last window): {stages}; GMV {kpi['gmv']:,.0f}, {kpi['orders']} orders{apart}, "
-            f"{kpi['uv']} visitors, payments {'-' if success is None else f'{success:.0%} ok'}")
+    return (f"funnel (last window): {stages}; conversion {conversion}; GMV {kpi['gmv']:,.0f}, "
+            f"{kpi['orders']} orders{apart}, {kpi['uv']} visitors, "
+            f"payments {'-' if success is None else f'{success:.0%} ok'}")
 
 
 def _traffic_line(client, settings: Settings) -> str:

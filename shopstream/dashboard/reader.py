@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from operators.traffic_kpi import clean_kpi, window_starts
+from operators.traffic_kpi import clean_funnel, clean_kpi, window_starts
 from state.serde import loads
 
 STAGES = ("visit", "product_view", "add_to_cart", "checkout", "order", "payment")
@@ -234,8 +234,8 @@ class BoardReader:
          recovery_raw) = pipe.execute()
         latest = {s: self._cache.get(s, raw) for s, raw in zip(series, latest_raw)}
         latest = {s: v for s, v in latest.items() if isinstance(v, dict)}
-        self.sections["kpi"] = self._clean(self._kpi(latest, history_raw))
-        self.sections["funnel"] = self._funnel(latest)
+        self.sections["kpi"], self.sections["funnel"] = self._clean(self._kpi(latest, history_raw),
+                                                                    self._funnel(latest))
         self.sections["experiments"] = [latest[s] for s in series if s.startswith("experiment:") and s in latest]
         self.sections["alerts"] = self._alerts(active_raw, alert_entries, latest.get("kpi:latest"))
         self.sections["coupons"] = self._coupons(coupons_issued, coupon_entries, recovery_raw)
@@ -251,18 +251,21 @@ class BoardReader:
         return {"latest": latest.get("kpi:latest"), "rolling": latest.get("kpi:latest:rolling"),
                 "channels": channels, "history": history}
 
-    def _clean(self, kpi: dict[str, Any]) -> dict[str, Any]:
-        """Flagged traffic (`traffic:window:*`, the traffic flow) out of the shop's KPI figures:
-        the dashboard shows clean figures, with the gross and flagged ones beside them.
-        Channel windows stay gross (flags are not counted per channel)."""
+    def _clean(self, kpi: dict[str, Any], funnel: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Flagged traffic (`traffic:window:*`, the traffic flow) out of the shop's KPI figures
+        and the overall funnel's stages and conversion: the dashboard shows clean figures,
+        with the gross and flagged ones beside them. Channel, region and device windows stay
+        gross (flags are not counted per channel)."""
         latest = kpi.get("latest")
         step = None
-        if (isinstance(latest, dict) and type(latest.get("window_start")) is int
-                and type(latest.get("window_end")) is int):
-            step = latest["window_end"] - latest["window_start"]
-        windows = [w for w in (latest, kpi.get("rolling"), *kpi["history"]) if isinstance(w, dict)]
+        for window in (latest, funnel.get("overall")):
+            if (step is None and isinstance(window, dict) and type(window.get("window_start")) is int
+                    and type(window.get("window_end")) is int):
+                step = window["window_end"] - window["window_start"]
+        windows = [w for w in (latest, kpi.get("rolling"), *kpi["history"], funnel.get("overall"),
+                               funnel.get("rolling")) if isinstance(w, dict)]
         if not step or step <= 0 or not windows:
-            return kpi
+            return kpi, funnel
         for window in kpi["history"]:
             if "window_start" not in window and type(window.get("window_end")) is int:
                 window["window_start"] = window["window_end"] - step
@@ -273,11 +276,14 @@ class BoardReader:
             value = _json(raw) if raw is not None else None  # not cached: a new key every window
             if isinstance(value, dict):
                 flagged[start] = value
-        def cleaned(window):
-            return clean_kpi(window, [flagged[s] for s in window_starts(window, step) if s in flagged])
-        return {**kpi, "latest": cleaned(latest) if isinstance(latest, dict) else latest,
-                "rolling": cleaned(kpi["rolling"]) if isinstance(kpi.get("rolling"), dict) else kpi.get("rolling"),
-                "history": [cleaned(w) for w in kpi["history"]]}
+        def cleaned(window, clean=clean_kpi):
+            if not isinstance(window, dict):
+                return window
+            return clean(window, [flagged[s] for s in window_starts(window, step) if s in flagged])
+        return ({**kpi, "latest": cleaned(latest), "rolling": cleaned(kpi.get("rolling")),
+                 "history": [cleaned(w) for w in kpi["history"]]},
+                {**funnel, "overall": cleaned(funnel.get("overall"), clean_funnel),
+                 "rolling": cleaned(funnel.get("rolling"), clean_funnel)})
 
     def _funnel(self, latest: dict[str, Any]) -> dict[str, Any]:
         by: dict[str, list] = {d: [] for d in DIMENSIONS}

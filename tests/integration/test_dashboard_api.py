@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 
 import httpx
+import orjson
 import pytest
 import redis
 
@@ -281,6 +282,36 @@ def test_kpis_show_clean_figures_with_flagged_traffic_apart(settings, redis_clie
     assert kpi["rolling"]["gmv"] == 4021.5
     assert [w["gmv"] for w in kpi["history"]] == [1000.0 + i for i in range(8)] + [907.5, 709.0]
     assert kpi["channels"][0]["gmv"] == 600.0  # channel windows stay gross
+
+
+def test_funnel_shows_clean_conversion_with_the_gross_beside_it(settings, redis_client):
+    """Issue 22: flagged sessions per stage come out of the overall funnel (latest and
+    rolling), conversion is computed again on what is left; created and paid flagged orders
+    come out of the KPI's orders and paid orders each."""
+    fill_known(redis_client, settings.redis_prefix)
+    p = settings.redis_prefix
+    redis_client.set(f"{p}traffic:window:{T0 + 9 * MINUTE}", orjson.dumps({
+        "metric": "traffic", "window_start": T0 + 9 * MINUTE, "window_end": T0 + 10 * MINUTE,
+        "flagged_orders": 3, "flagged_gmv": 300.0, "flagged_sessions": 13, "flagged_created_orders": 2,
+        "flagged_paid_orders": 3, "flagged_stages": {"visit": 18, "product_view": 18, "add_to_cart": 10,
+                                                     "checkout": 10, "order": 5, "payment": 5}}))
+    with running_dashboard(settings, fast_config()) as (url, _):
+        snapshot = httpx.get(f"{url}/api/snapshot").json()
+    overall, rolling = snapshot["funnel"]["overall"], snapshot["funnel"]["rolling"]
+    assert list(overall["stages"].values()) == [2450, 1482, 690, 290, 215, 195]
+    assert overall["overall_conversion"] == round(195 / 2450, 4)
+    assert overall["conversion"]["payment"] == round(195 / 215, 4)
+    assert list(overall["stages_gross"].values()) == [2468, 1500, 700, 300, 220, 200]
+    assert overall["overall_conversion_gross"] == round(200 / 2468, 4) and overall["flagged_stages"]["visit"] == 18
+    assert rolling["stages"]["visit"] == 20000 - 18 and rolling["stages_gross"]["visit"] == 20000
+    assert snapshot["funnel"]["by"]["channel"][0]["stages"]["visit"] == 1357  # per channel: gross
+    latest = snapshot["kpi"]["latest"]
+    assert (latest["orders"], latest["paid_orders"], latest["gmv"]) == (19 - 2, 17 - 3, 709.0)
+
+    from shopstream.demo import _funnel_line
+    line = _funnel_line(redis_client, settings)
+    assert line.startswith("funnel (last window): visit 2450 > product_view 1482 > ")
+    assert "; conversion 7.96% (gross 8.10%); GMV 709, 17 orders (3 flagged orders, 300 GMV, left out)" in line
 
 
 def test_demo_summary_shows_clean_gmv_and_the_rings(settings, redis_client):

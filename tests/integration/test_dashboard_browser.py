@@ -86,6 +86,20 @@ def test_page_updates_in_place_when_redis_changes(page, settings, redis_client):
     assert page.problems == []
 
 
+def test_funnel_shows_clean_conversion_with_the_gross_beside_it(page, settings, redis_client):
+    """Issue 22: once the traffic flow flags sessions of the window, the funnel shows the clean
+    stages and conversion, and the gross conversion beside it."""
+    expect(page.locator("#funnel-window")).not_to_contain_text("gross")
+    redis_client.set(f"{settings.redis_prefix}traffic:window:{T0 + 9 * MINUTE}", (
+        b'{"metric":"traffic","window_start":%d,"window_end":%d,"flagged_orders":3,"flagged_gmv":300.0,'
+        b'"flagged_sessions":13,"flagged_stages":{"visit":18,"product_view":18,"add_to_cart":10,"checkout":10,'
+        b'"order":5,"payment":5}}' % (T0 + 9 * MINUTE, T0 + 10 * MINUTE)))
+    expect(page.locator("#funnel-window")).to_contain_text(
+        "overall conversion 7.96% (gross 8.10%, 18 flagged sessions left out)", timeout=WAIT_MS)
+    expect(page.locator("#funnel-overall [data-stage='visit'] .count")).to_have_text("2,450")
+    assert page.problems == []
+
+
 def test_acknowledge_button_writes_the_ack_key(page, settings, redis_client):
     row = page.locator("#alerts-active tr[data-dedup-key='stock.out:SKU-OUT']")
     row.locator("button.ack").click()

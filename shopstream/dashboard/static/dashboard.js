@@ -126,8 +126,12 @@ function renderFunnel(funnel) {
   const overall = funnel.overall;
   fill("funnel-overall", stageRows(overall));
   fill("funnel-rolling", stageRows(funnel.rolling));
+  // Clean figures (flagged traffic out, see the traffic flow); the gross conversion beside them when it differs.
+  const gross = overall && overall.flagged_stages && overall.flagged_stages.visit
+    ? " (gross " + pct(overall.overall_conversion_gross, 2) + ", " + num(overall.flagged_stages.visit) +
+      " flagged sessions left out)" : "";
   text("funnel-window", overall ? clock(overall.window_start) + "–" + clock(overall.window_end) +
-    " · overall conversion " + pct(overall.overall_conversion, 2) : "");
+    " · overall conversion " + pct(overall.overall_conversion, 2) + gross : "");
   fill("funnel-tabs", ["channel", "region", "device"].map((d) => h("button", {
     role: "tab", "aria-selected": String(d === funnelDimension), "data-dimension": d,
     onclick: () => { funnelDimension = d; renderFunnel(state.funnel); },
