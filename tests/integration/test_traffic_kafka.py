@@ -1,6 +1,7 @@
 """The traffic flow on the real broker and Redis, run by the runner with recovery: the
 flags and ring keys it writes are the ones the same input gives on TestingSource, also
-after kill -9 while catching up; and a flagged ring member gets no coupon."""
+after kill -9 while catching up; the flagged figures per window too; and a flagged ring
+member gets no coupon."""
 
 from __future__ import annotations
 
@@ -39,31 +40,44 @@ def scenario():
     return sim, [e for e in sim if e.topic in TOPICS]
 
 
-def expected_flags(settings, events) -> dict[str, dict]:
-    """What the same input gives in-process: the flow's own logic on TestingSource."""
+def expected_outputs(settings, events) -> tuple[dict[str, dict], dict[str, dict]]:
+    """What the same input gives in-process, the flow's own logic on TestingSource: the flags,
+    and the last statement of each window's flagged figures."""
     out, _ = [], []
     run_main(build_flow(TestingSource(input_records(events), batch_size=500), TestingSink(out), TestingSink([]),
                         flow_config(settings)))
-    return {m.key.decode(): orjson.loads(m.value) for m in out if m.topic == "traffic-flags"}
+    flags = {m.key.decode(): orjson.loads(m.value) for m in out if m.topic == "traffic-flags"}
+    return flags, {m.key.decode(): orjson.loads(m.value) for m in out if m.topic == "metrics"}
 
 
 def flags_on_topic(settings) -> dict[str, dict]:
     return {key.decode(): orjson.loads(value) for key, value in read_topic(settings, "traffic-flags")}
 
 
+def windows_on_topic(settings) -> dict[str, dict]:
+    """The last statement of each window (one key, one partition: the topic keeps their order)."""
+    return {key.decode(): orjson.loads(value) for key, value in read_topic(settings, "metrics")}
+
+
 def test_kill_9_while_catching_up_gives_the_same_flags_rings_and_no_coupons(traffic_settings, redis_client,
                                                                               scenario):
     settings = traffic_settings
     sim, events = scenario
-    expected = expected_flags(settings, events)
+    expected, expected_windows = expected_outputs(settings, events)
+    assert expected_windows
     fake_orders = {r.order_id for r in sim.truth if r.kind == "fake_order"}
     assert len({f["order_id"] for f in expected.values() if f["kind"] == "brushing"} & fake_orders) \
         >= 0.9 * len(fake_orders) > 20
 
-    # The whole input waits on the broker (in event-time order across the topics, as the
-    # storefront and payment service send it); the flow is killed while catching up.
+    # The input waits on the broker (in event-time order across the topics, as the
+    # storefront and payment service send it), in two parts split where half the expected
+    # flags are behind: the flow catches up on the first part and is killed once it has
+    # flagged something (with all input there at once, a quiet machine judged all of it
+    # before the first poll saw a flag); the second part arrives while it is down.
+    middle = sorted(f["ts"] for f in expected.values())[len(expected) // 2]
+    split = next(i for i, e in enumerate(events) if e.ts > middle)
     producer = CheckedProducer(settings)
-    for e in events:
+    for e in events[:split]:
         producer.produce(e.topic, e.key, e.value)
     producer.flush()
     processes = start_flow(settings, "traffic")
@@ -75,10 +89,16 @@ def test_kill_9_while_catching_up_gives_the_same_flags_rings_and_no_coupons(traf
             proc.popen.send_signal(signal.SIGKILL)
             proc.popen.wait()
 
+    for e in events[split:]:
+        producer.produce(e.topic, e.key, e.value)
+    producer.flush()
     processes = start_flow(settings, "traffic")
     try:
         wait_until(lambda: set(flags_on_topic(settings)) >= set(expected), 240,
                    "every expected flag on traffic-flags", interval_s=2.0)
+        # Restated windows: the latest statement of each is the in-process one (clean figures need it).
+        wait_until(lambda: windows_on_topic(settings) == expected_windows, 60,
+                   "the flagged figures per window", interval_s=2.0)
         assert all(p.popen.poll() is None for p in processes)
     finally:
         stop_all(processes)
