@@ -46,30 +46,44 @@ SCORE_WEIGHTS: dict[str, float] = {
 }
 
 
-def raise_stage(marks: list[int], window: int, stage: int) -> int | None:
-    """Record that a session reached `stage` in `window`; returns the stage it had there
-    before (-1: none), or None when nothing changed.
+Marks = int | tuple[int, ...]  # see raise_stage
+NO_MARKS = -1
 
-    `marks` is flat, `[window, deepest stage, window, deepest stage, ...]`: a session
-    touches one to three windows, and a list is a third of a dict's size. Newest last,
-    so the usual case (the latest window) is found first."""
-    for i in range(len(marks) - 2, -1, -2):
-        if marks[i] == window:
-            before = marks[i + 1]
+
+def _flat(marks: Marks) -> tuple[int, ...]:
+    if type(marks) is int:
+        return () if marks < 0 else (0, marks)
+    return marks
+
+
+def raise_stage(marks: Marks, offset: int, stage: int) -> tuple[Marks, int] | None:
+    """A session reached `stage` in the window `offset` windows after its first one: its new
+    marks and the stage it had there before (-1: none), or None when nothing changed.
+
+    Marks are flat, `(offset, deepest stage, offset, deepest stage, ...)`, and a session
+    seen in its first window only (most are) is just its stage, an int; -1: no marks.
+    Offsets and stages are Python's shared small ints, so marks cost at most one small
+    tuple (every profile keeps its sessions' marks for the link horizon)."""
+    if type(marks) is int and offset == 0:
+        return None if stage <= marks else (stage, marks)
+    flat = _flat(marks)
+    for i in range(len(flat) - 2, -1, -2):  # newest last: the usual case is found first
+        if flat[i] == offset:
+            before = flat[i + 1]
             if stage <= before:
                 return None
-            marks[i + 1] = stage
-            return before
-    if len(marks) >= 2 * MAX_STAGE_WINDOWS:
+            return flat[:i + 1] + (stage,) + flat[i + 2:], before
+    if len(flat) >= 2 * MAX_STAGE_WINDOWS:
         return None  # bounded: a session that never ends keeps its first windows
-    marks.append(window)
-    marks.append(stage)
-    return -1
+    flat += (offset, stage)
+    return (stage if flat == (0, stage) else flat), -1
 
 
-def stage_pairs(marks: list[int]) -> list[tuple[int, int]]:
-    """`(window, deepest stage)` of every window a session was active in."""
-    return list(zip(marks[0::2], marks[1::2]))
+def stage_pairs(marks: Marks, first_ts: int, window_ms: int) -> list[tuple[int, int]]:
+    """`(window start, deepest stage)` of every window a session was active in."""
+    first = first_ts // window_ms
+    flat = _flat(marks)
+    return [((first + offset) * window_ms, stage) for offset, stage in zip(flat[0::2], flat[1::2])]
 
 
 class SessionTrail:
@@ -90,13 +104,13 @@ class SessionTrail:
         self.gaps: list[int] = []  # ms between consecutive clicks, first MAX_GAPS
         self.ip: str | None = None
         self.device_id: str | None = None
-        self.stages: list[int] = []  # per KPI window its deepest funnel stage (`raise_stage`)
+        self.stages: Marks = NO_MARKS  # per KPI window its deepest funnel stage (`raise_stage`)
         self.counted = False  # its stages are in the flagged windows' figures
 
     def __setstate__(self, state) -> None:
         # Snapshots from before stages were kept: an empty record, never counted.
         slots = state[1] if isinstance(state, tuple) else state
-        slots.setdefault("stages", [])
+        slots.setdefault("stages", NO_MARKS)
         slots.setdefault("counted", False)
         for name, value in slots.items():
             setattr(self, name, value)

@@ -118,7 +118,7 @@ class RingRecord:
 
 class _Order:
     __slots__ = ("order_id", "ts", "session_id", "sku", "quantity", "amount", "paid_ts", "refunded", "flagged",
-                 "stages", "counted")
+                 "succeeded_ts", "counted")
 
     def __init__(self, event: OrderEvent):
         self.order_id = event.order_id
@@ -132,13 +132,21 @@ class _Order:
         self.paid_ts: int | None = None
         self.refunded = False
         self.flagged = False
-        # The funnel stages of the order itself (`order` when created, `payment` when paid), per
-        # window: what a flagged order takes out of the funnel when its session is not known.
-        self.stages: list[int] = []
-        self.counted = False
+        self.succeeded_ts: int | None = None  # its first successful payment
+        self.counted = False  # stands for its unknown session in the flagged windows' figures
 
     def __setstate__(self, state) -> None:
         _restore_slots(self, state)
+
+    def stage_windows(self, window_ms: int) -> dict[int, int]:
+        """The funnel stages of the order itself per window (`order` when created, `payment`
+        when paid or its payment succeeded): what a flagged order takes out of the funnel
+        when its session is not known."""
+        windows = {self.ts // window_ms * window_ms: ORDER}
+        for ts in (self.succeeded_ts, self.paid_ts):
+            if ts is not None:
+                windows[ts // window_ms * window_ms] = PAYMENT
+        return windows
 
 
 class _Session:
@@ -167,7 +175,10 @@ class _Session:
 def _restore_slots(obj: Any, state: Any) -> None:
     """Snapshots from before funnel stages were kept: no stages, never counted."""
     slots = state[1] if isinstance(state, tuple) else state
-    slots.setdefault("stages", [])
+    if type(obj) is _Order:
+        slots.setdefault("succeeded_ts", None)
+    else:
+        slots.setdefault("stages", -1)  # traffic_behaviour.NO_MARKS
     slots.setdefault("counted", False)
     for name, value in slots.items():
         setattr(obj, name, value)
@@ -396,7 +407,6 @@ class TrafficEngine:
             account.orders.append(order)
             if len(account.orders) > self.config.max_orders_per_account:
                 account.orders.pop(0)
-            self._reach(order, event.ts, ORDER)
             session = self._session_of(account, event.session_id)
             if session is not None:
                 session.ordered = True
@@ -405,8 +415,7 @@ class TrafficEngine:
         elif event.status == "paid":
             for order in account.orders:
                 if order.order_id == event.order_id and order.paid_ts is None:
-                    order.paid_ts = event.ts
-                    self._order_paid(account, order, event.ts)
+                    self._order_paid(account, order, event.ts, "paid_ts")
                     if order.flagged:  # flagged before it was paid: its payment is flagged GMV too
                         figures = self._flagged(event.ts)
                         figures.paid_orders += 1
@@ -425,8 +434,8 @@ class TrafficEngine:
         if payment.status == "succeeded" and payment.order_id is not None:
             # The funnel's `payment` stage is reached by a successful payment as by a paid order.
             for order in account.orders:
-                if order.order_id == payment.order_id:
-                    self._order_paid(account, order, payment.ts)
+                if order.order_id == payment.order_id and order.succeeded_ts is None:
+                    self._order_paid(account, order, payment.ts, "succeeded_ts")
         if payment.status != "requested":
             return
         self._link(payment.user_id, IP, payment.ip, payment.ts)
@@ -562,7 +571,7 @@ class TrafficEngine:
                                              session_id=session.session_id, sku=session.skus[0]))
                 ring.flagged_sessions += 1
                 self._flagged(session.first_ts).sessions += 1
-                self._count_stages(session)
+                self._count_session(session)
                 for sku in session.skus:
                     ring.skus[sku] = ring.skus.get(sku, 0) + 1
                 window = session.first_ts // config.farm_window_ms * config.farm_window_ms
@@ -582,31 +591,43 @@ class TrafficEngine:
         self.changed_windows.add(window)
         return figures
 
-    def _reach(self, holder: "SessionTrail | _Session | _Order", ts: int, stage: int) -> None:
-        """A session (or an order without a known session) reached `stage` at `ts`. Once
-        it is counted as flagged, a deeper stage moves it in its window's histogram."""
+    def _reach(self, session: "SessionTrail | _Session", ts: int, stage: int) -> None:
+        """A session reached `stage` at `ts`. Once it is counted as flagged, a deeper stage
+        moves it in its window's histogram."""
         size = self.config.metrics_window_ms
-        window = ts // size * size
-        before = raise_stage(holder.stages, window, stage)
-        if before is not None and holder.counted:
-            hist = self._flagged(window).stage_hist
-            if before >= 0:
-                hist[before] -= 1
-            hist[stage] += 1
+        changed = raise_stage(session.stages, ts // size - session.first_ts // size, stage)
+        if changed is not None:
+            session.stages, before = changed
+            if session.counted:
+                self._move_stage(ts // size * size, before, stage)
 
-    def _order_paid(self, account: _Account, order: _Order, ts: int) -> None:
-        self._reach(order, ts, PAYMENT)
+    def _move_stage(self, window: int, before: int, after: int) -> None:
+        hist = self._flagged(window).stage_hist
+        if before >= 0:
+            hist[before] -= 1
+        hist[after] += 1
+
+    def _order_paid(self, account: _Account, order: _Order, ts: int, field: str) -> None:
+        """The order was paid (`paid_ts`) or its payment succeeded (`succeeded_ts`) at `ts`:
+        the funnel's `payment` stage, for its session and for the order standing in for it."""
+        size = self.config.metrics_window_ms
+        before = order.stage_windows(size)
+        setattr(order, field, ts)
+        if order.counted:
+            window = ts // size * size
+            if before.get(window, -1) < PAYMENT:
+                self._move_stage(window, before.get(window, -1), PAYMENT)
         session = self._session_of(account, order.session_id)
         if session is not None:
             self._reach(session, ts, PAYMENT)
 
-    def _count_stages(self, holder: "SessionTrail | _Session | _Order") -> None:
+    def _count_session(self, session: "SessionTrail | _Session") -> None:
         """Take a flagged session (once) out of the funnel: each window it was active in,
         at the deepest stage it reached there, as the funnel counted it."""
-        if holder.counted:
+        if session.counted:
             return
-        holder.counted = True
-        for window, stage in stage_pairs(holder.stages):
+        session.counted = True
+        for window, stage in stage_pairs(session.stages, session.first_ts, self.config.metrics_window_ms):
             self._flagged(window).stage_hist[stage] += 1
 
     def _count_flagged_order(self, account: _Account, order: _Order, flag: TrafficFlag) -> None:
@@ -619,7 +640,12 @@ class TrafficEngine:
         # The fake order's session is fake traffic too; without a known session, the order
         # stands for it (the funnel joined it to some session of its user).
         session = self._session_of(account, order.session_id)
-        self._count_stages(session if session is not None else order)
+        if session is not None:
+            self._count_session(session)
+        elif not order.counted:
+            order.counted = True
+            for window, stage in order.stage_windows(self.config.metrics_window_ms).items():
+                self._flagged(window).stage_hist[stage] += 1
 
     def _window_figures(self, out: TrafficOutputs) -> None:
         size = self.config.metrics_window_ms

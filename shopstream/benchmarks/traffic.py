@@ -1,7 +1,7 @@
 """Traffic flow quality and cost, in process, on the simulator's ring truth.
 
     python -m shopstream.benchmarks.traffic [--seeds 23,31,41] [--hours 4] [--shoppers 80000]
-    python -m shopstream.benchmarks.traffic memory [--accounts 1000000]
+    python -m shopstream.benchmarks.traffic memory [--accounts 1000000] [--ordering-share 0.1]
 
 Quality: flagged orders and sessions against the truth (precision, recall), legitimate
 accounts behind shared NAT/carrier addresses flagged, a naive "3+ accounts on one IP"
@@ -9,7 +9,10 @@ rule for contrast, per brushing ring the event time from its 10th fake order to 
 flag (the tick that emitted it; 0 = flagged before its 10th order), and per fake order the
 event time from its payment to its flag. Cost: events per second through the pure engine.
 Memory: the process's resident growth (live state) and the snapshot's pickled size after
-N ordinary accounts with their own IP and device, one session each, over a day.
+N ordinary accounts with their own IP and device, one session each, over a day; with
+`--ordering-share`, that share of them also places and pays one order in its session
+(a payment with its own card, device and IP): an account that orders keeps a profile
+for the link horizon, one that only clicks and shares nothing keeps only graph links.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import time
 
 import orjson
 
-from operators.events import ClickEvent
+from operators.events import ClickEvent, OrderEvent, OrderItem, PaymentEvent
 from operators.traffic_engine import TrafficConfig, TrafficEngine
 from simulators import generate
 from simulators.timeline import HOUR
@@ -105,20 +108,31 @@ def quality(seed: int, hours: float, shoppers: int, batch: int = 200) -> dict:
     }
 
 
-def memory(accounts: int) -> dict:
+def memory(accounts: int, ordering_share: float = 0.0) -> dict:
     gc.collect()
     baseline = _rss_bytes()
     engine = TrafficEngine(TrafficConfig())
     t0 = 1_731_000_000_000
     step = max(1, 86_400_000 // accounts)  # a day of ordinary traffic, one session each
+    every = round(1 / ordering_share) if ordering_share > 0 else 0
     batch = []
     for i in range(accounts):
-        batch.append(ClickEvent(event_id=f"e{i}", ts=t0 + i * step, user_id=f"u{i}", session_id=f"s{i}",
+        ts, user, session = t0 + i * step, f"u{i}", f"s{i}"
+        ip, device_id, sku = f"{10 + i % 200}.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}", f"dev-{i}", f"sku-{i % 5000}"
+        batch.append(ClickEvent(event_id=f"e{i}", ts=ts, user_id=user, session_id=session,
                                 type="product_view", channel="app", region="east", device="android",
-                                sku=f"sku-{i % 5000}",
-                                ip=f"{10 + i % 200}.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}",
-                                device_id=f"dev-{i}"))
-        if len(batch) == 5000:
+                                sku=sku, ip=ip, device_id=device_id))
+        if every and i % every == 0:
+            items = (OrderItem(sku, 1, 99.0),)
+            order = dict(order_id=f"o{i}", user_id=user, items=items, amount=99.0, session_id=session)
+            payment = dict(payment_id=f"p{i}", order_id=f"o{i}", user_id=user, amount=99.0, method="card",
+                           card_fingerprint=f"card-{i}", device_id=device_id, ip=ip,
+                           account_created_ts=t0 - 400 * 86_400_000)
+            batch.append(OrderEvent(event_id=f"oc{i}", ts=ts + 20_000, status="created", **order))
+            batch.append(PaymentEvent(event_id=f"pr{i}", ts=ts + 21_000, status="requested", **payment))
+            batch.append(PaymentEvent(event_id=f"ps{i}", ts=ts + 22_000, status="succeeded", **payment))
+            batch.append(OrderEvent(event_id=f"op{i}", ts=ts + 22_500, status="paid", **order))
+        if len(batch) >= 5000:
             engine.process(batch, 0)
             batch = []
     engine.process(batch, 0)
@@ -127,7 +141,7 @@ def memory(accounts: int) -> dict:
     gc.collect()
     live = _rss_bytes() - baseline
     size = len(pickle.dumps(engine, protocol=pickle.HIGHEST_PROTOCOL))
-    return {"accounts": accounts, "live_state_bytes": live, "live_bytes_per_account": round(live / accounts),
+    return {"accounts": accounts, "ordering_share": ordering_share, "live_state_bytes": live, "live_bytes_per_account": round(live / accounts),
             "snapshot_bytes": size, "snapshot_bytes_per_account": round(size / accounts), **engine.sizes()}
 
 
@@ -146,9 +160,10 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=4)
     parser.add_argument("--shoppers", type=int, default=80_000)
     parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--ordering-share", type=float, default=0.0)
     args = parser.parse_args()
     if args.what == "memory":
-        print(orjson.dumps(memory(args.accounts)).decode())
+        print(orjson.dumps(memory(args.accounts, args.ordering_share)).decode())
         return
     for seed in (int(s) for s in args.seeds.split(",")):
         print(orjson.dumps(quality(seed, args.hours, args.shoppers)).decode())

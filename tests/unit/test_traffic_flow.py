@@ -250,7 +250,7 @@ def test_snapshots_from_before_the_funnel_stages_resume():
     resumed = pickle.loads(pickle.dumps(engine))
     figures = resumed.flagged_windows[1_731_000_000_000]
     assert type(figures) is _FlaggedWindow and (figures.orders, figures.gmv, figures.sessions) == (2, 30.5, 1)
-    assert resumed.open_sessions["s1"].stages == [] and resumed.open_sessions["s1"].counted is False
+    assert resumed.open_sessions["s1"].stages == -1 and resumed.open_sessions["s1"].counted is False
     resumed.changed_windows.add(1_731_000_000_000)
     out = resumed.advance(NOW_MS)
     resumed._window_figures(out)
