@@ -99,3 +99,15 @@ def test_a_flood_of_open_sessions_is_capped():
     engine.process([click(f"u{i}", f"s{i}", T0 + 100 * i, None) for i in range(5_000)], 0)
     assert len(engine.open_sessions) <= 1_000
     assert "s4000" in engine.open_sessions and "s0" not in engine.open_sessions  # the oldest went first
+
+
+def test_a_session_that_never_ends_keeps_bounded_stage_marks():
+    """A bot clicking once a minute for a week stays one open session; the funnel stages it
+    keeps per window stop at MAX_STAGE_WINDOWS."""
+    from operators.traffic_behaviour import MAX_STAGE_WINDOWS
+
+    engine = TrafficEngine(TrafficConfig())
+    for day in range(7):
+        engine.process([click("bot", "forever", T0 + day * DAY + m * MINUTE, "7.7.7.7") for m in range(1440)], 0)
+    marks = engine.open_sessions["forever"].stages
+    assert type(marks) is tuple and len(marks) == 2 * MAX_STAGE_WINDOWS
