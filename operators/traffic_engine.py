@@ -396,7 +396,20 @@ class TrafficEngine:
             trail.device_id = click.device_id
             self._link(trail.user_id, DEVICE, click.device_id, click.ts)
         trail.add(click.ts, click.type, click.sku)
-        self._reach(trail, click.ts, STAGE_OF_CLICK.get(click.type, VISIT))
+        # The funnel stage per window (`raise_stage`); most clicks change nothing, so that
+        # case is decided here without a call: a click per event is the engine's hot path.
+        stage = STAGE_OF_CLICK.get(click.type, VISIT)
+        size = self.config.metrics_window_ms
+        offset = click.ts // size - trail.first_ts // size
+        marks = trail.stages
+        if type(marks) is int:
+            if offset == 0 and not trail.counted:
+                if stage > marks:
+                    trail.stages = stage
+                return
+        elif marks[-2] == offset and stage <= marks[-1]:
+            return
+        self._reach(trail, click.ts, stage)
 
     def _order(self, event: OrderEvent) -> None:
         account = self._account(event.user_id, event.ts)

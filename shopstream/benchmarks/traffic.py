@@ -2,12 +2,15 @@
 
     python -m shopstream.benchmarks.traffic [--seeds 23,31,41] [--hours 4] [--shoppers 80000]
     python -m shopstream.benchmarks.traffic memory [--accounts 1000000] [--ordering-share 0.1]
+    python -m shopstream.benchmarks.traffic rate [--seeds 23] [--passes 3]
 
 Quality: flagged orders and sessions against the truth (precision, recall), legitimate
 accounts behind shared NAT/carrier addresses flagged, a naive "3+ accounts on one IP"
 rule for contrast, per brushing ring the event time from its 10th fake order to its first
 flag (the tick that emitted it; 0 = flagged before its 10th order), and per fake order the
 event time from its payment to its flag. Cost: events per second through the pure engine.
+Rate: the pure engine's events per second of CPU time (`time.process_time`, less moved by
+other work on a shared machine than wall time), per pass over the same decoded events.
 Memory: the process's resident growth (live state) and the snapshot's pickled size after
 N ordinary accounts with their own IP and device, one session each, over a day; with
 `--ordering-share`, that share of them also places and pays one order in its session
@@ -145,6 +148,21 @@ def memory(accounts: int, ordering_share: float = 0.0) -> dict:
             "snapshot_bytes": size, "snapshot_bytes_per_account": round(size / accounts), **engine.sizes()}
 
 
+def rate(seed: int, hours: float, shoppers: int, passes: int, batch: int = 200) -> dict:
+    sim = generate(("brushing", "click_farm"), seed=seed, duration_ms=int(hours * HOUR), shoppers=shoppers)
+    events = [decode_event(e.topic, e.value) for e in sim if e.topic in TOPICS]
+    rates = []
+    for _ in range(passes):
+        engine = TrafficEngine(TrafficConfig())
+        started = time.process_time()
+        for i in range(0, len(events), batch):
+            engine.process(events[i:i + batch], 0)
+        engine.flush()
+        rates.append(round(len(events) / (time.process_time() - started)))
+    return {"seed": seed, "events": len(events), "cpu_events_per_s": rates,
+            "median": sorted(rates)[len(rates) // 2]}
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -155,18 +173,22 @@ def _rss_bytes() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m shopstream.benchmarks.traffic")
-    parser.add_argument("what", nargs="?", default="quality", choices=("quality", "memory"))
+    parser.add_argument("what", nargs="?", default="quality", choices=("quality", "memory", "rate"))
     parser.add_argument("--seeds", default="23,31,41")
     parser.add_argument("--hours", type=float, default=4)
     parser.add_argument("--shoppers", type=int, default=80_000)
     parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--ordering-share", type=float, default=0.0)
+    parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
     if args.what == "memory":
         print(orjson.dumps(memory(args.accounts, args.ordering_share)).decode())
         return
     for seed in (int(s) for s in args.seeds.split(",")):
-        print(orjson.dumps(quality(seed, args.hours, args.shoppers)).decode())
+        if args.what == "rate":
+            print(orjson.dumps(rate(seed, args.hours, args.shoppers, args.passes)).decode())
+        else:
+            print(orjson.dumps(quality(seed, args.hours, args.shoppers)).decode())
 
 
 if __name__ == "__main__":
