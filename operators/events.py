@@ -1,4 +1,4 @@
-"""The input records of CONTRACT.md (and the `prices` topic of issue 23) as typed, immutable, validated records.
+"""The input records of docs/contract.md as typed, immutable, validated records.
 
 `parse_event(topic, obj)` turns a decoded JSON object into a record or raises
 `InvalidEvent` with a reason short enough for a dead letter. Unknown extra fields
