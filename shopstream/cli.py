@@ -96,13 +96,12 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.bench import write_json
     from shopstream.benchmarks import engine
 
     if args.flows[1:]:
         raise ConfigError("bench engine takes its flows as --flows a,b (and --without c), not as arguments")
-    flows = engine.selected_flows(engine.split(args.engine_flows), engine.split(args.without))
-    summary = engine.measure(settings, flows, args.events, args.scenario, args.shoppers, args.seed, args.runs)
-    print(engine.format_summary(summary))
+    summary = engine.run_from_args(args, settings)
     if args.json:
         write_json(summary, args.json)
     return 0

@@ -2,6 +2,7 @@
 
     shopstream bench engine [--events 1000000] [--shoppers 200000] [--runs 3]
                             [--flows intake,stock,...] [--without traffic,pricing]
+                            [--compare-without traffic]
     python -m shopstream.benchmarks.engine (same options)
 
 One run, on fresh topics and Redis keys:
@@ -16,7 +17,9 @@ Reported: the engine's events/s (backlog events / seconds from starting the flow
 every flow has consumed all of its input topics, start-up included), each flow's drain
 time and peak RSS, the engine's share of the ceiling, and, for the alerts flow (which reads
 other flows' output), how long after that it had caught up too. With `--runs N` the medians
-of N runs, each on its own backlog of the same seed.
+of N runs, each on its own backlog of the same seed. With `--compare-without F`, runs with
+every chosen flow alternate with runs without F, and the ratio of the two medians is the
+cost of F measured on one machine in one session.
 """
 
 from __future__ import annotations
@@ -188,6 +191,29 @@ def measure(settings: Settings, flows: list[str], events: int, scenario: str, sh
     return summarize(results, flows, scenario, shoppers)
 
 
+def compare(settings: Settings, flows: list[str], without: list[str], events: int, scenario: str, shoppers: int,
+            seed: int, runs: int) -> dict:
+    """The engine with `flows` and without `without`, runs alternating so both see the same
+    machine: the cost of the left-out flows as a ratio measured in one session."""
+    services.up(settings)
+    reduced = [name for name in flows if name not in without]
+    results: dict[str, list[EngineRun]] = {"with": [], "without": []}
+    with tempfile.TemporaryDirectory(prefix="shopstream-bench-engine-") as scratch:
+        for index in range(runs):
+            for label, chosen in (("with", flows), ("without", reduced)):
+                result = run_once(settings, chosen, events, scenario, shoppers, seed, Path(scratch) / f"{label}{index}")
+                results[label].append(result)
+                print(f"[{label} {','.join(without)}] " + format_run(result, index + 1, runs), flush=True)
+    with_rate = statistics.median(r.engine_events_per_s for r in results["with"])
+    without_rate = statistics.median(r.engine_events_per_s for r in results["without"])
+    return {
+        "left_out": without,
+        "with": summarize(results["with"], flows, scenario, shoppers),
+        "without": summarize(results["without"], reduced, scenario, shoppers),
+        "rate_with_over_without": round(with_rate / without_rate, 3),
+    }
+
+
 def summarize(results: list[EngineRun], flows: list[str], scenario: str, shoppers: int) -> dict:
     def median(values):
         return statistics.median(values)
@@ -250,6 +276,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--without", help="engine: comma list of flows to leave out, e.g. traffic,pricing")
     parser.add_argument("--shoppers", type=int, default=200_000, help="engine: simulated population (default 200,000)")
     parser.add_argument("--runs", type=int, default=1, help="engine: runs; the summary gives medians")
+    parser.add_argument("--compare-without", help="engine: alternate runs with every chosen flow and without "
+                        "these (comma list), and report the rate ratio")
 
 
 def split(value: str | None) -> list[str] | None:
@@ -265,12 +293,26 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    flows = selected_flows(split(args.engine_flows), split(args.without))
-    summary = measure(settings, flows, args.events, args.scenario, args.shoppers, args.seed, args.runs)
-    print(format_summary(summary))
+    summary = run_from_args(args, settings)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def run_from_args(args: argparse.Namespace, settings: Settings) -> dict:
+    """Measure as the options say and print the summary (shared with `shopstream bench engine`)."""
+    flows = selected_flows(split(args.engine_flows), split(args.without))
+    left_out = split(args.compare_without)
+    if left_out:
+        selected_flows(flows, left_out)  # the names must be flows, and something must remain
+        summary = compare(settings, flows, left_out, args.events, args.scenario, args.shoppers, args.seed, args.runs)
+        print(f"with {', '.join(left_out)}:\n{format_summary(summary['with'])}")
+        print(f"without:\n{format_summary(summary['without'])}")
+        print(f"engine rate with / without: {summary['rate_with_over_without']:.2f}")
+        return summary
+    summary = measure(settings, flows, args.events, args.scenario, args.shoppers, args.seed, args.runs)
+    print(format_summary(summary))
+    return summary
 
 
 if __name__ == "__main__":
