@@ -44,7 +44,6 @@ from operators.stock import StockLedger, StockLine, StockRules, StockView, _line
 
 PRESSURE_LEVELS = frozenset({"warning", "urgent", "out"})
 URGENT_LEVELS = frozenset({"urgent", "out"})
-_LEDGER_SOURCE = ("pricing", 0)  # the private ledger's only input: this watch's own event time
 UNDERCUT_RUNBOOK = "Check the rival's offer; accept or reject the suggestion on price-suggestions."
 PROMO_RUNBOOK = "A rival promotion wave: review price-suggestions for the SKUs in the detail."
 PROMO_DETAIL_SKUS = 20  # SKUs named in a promotion-wave candidate, fastest sellers first
@@ -250,9 +249,7 @@ class PriceWatch:
             self._view(sku, due, changes)
 
     def _apply_stock(self, lines: list[StockLine], until: int, changes: PriceChanges) -> None:
-        progress = Progress()
-        progress.saw(_LEDGER_SOURCE, until)
-        stock = self.ledger.add(lines, progress, 0)
+        stock = self.ledger.apply_through(lines, until)
         for view in stock.views:
             sku = self.skus.get(view.sku)
             if sku is None:
