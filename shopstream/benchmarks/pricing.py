@@ -49,7 +49,7 @@ def main() -> None:
             candidate = orjson.loads(message.value)
             if candidate["rule"] == "price.undercut" and candidate["active"]:
                 fired.setdefault(candidate["key"], candidate["ts"])
-    delays = sorted((fired[u.sku] - u.start_ts) / 1000 for u in truth.undercuts if u.sku in fired)
+    delays = sorted((fired[u.sku] - u.ts) / 1000 for u in truth.undercuts if u.sku in fired)
     print(f"pricing: {len(feed):,} price events + {len(stock):,} order/inventory events in {elapsed:.2f} s: "
           f"{len(feed) / elapsed:,.0f} price events/s ({len(records) / elapsed:,.0f} events/s in all), one worker")
     print(f"undercut alerts: {len(fired)} of {len(truth.undercuts)}; event-time delay after the rival's change: "
