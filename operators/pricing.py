@@ -10,7 +10,9 @@ depends only on the input, not on batching, load or a crash and replay.
 
 Rules (all on event time):
 - A SKU is ours once we have observed our own price for it; rival prices for other SKUs
-  are kept (our price may come later) but raise nothing.
+  are kept (our price may come later) but raise nothing, and are forgotten once no rival
+  price for the SKU has been seen for `foreign_horizon_ms` of event time (a crawler that
+  covers a rival's whole range would otherwise grow the watch without end).
 - A price far from the seller's last accepted price for the SKU (more than
   `max_jump_factor` times above or below; for a rival's first observation, against our
   price) is *flagged*, not acted on. It is accepted when the crawler sees it again
@@ -66,6 +68,7 @@ class PriceRules:
     sellout_minutes: float = 60.0  # projected to run out within this: inventory pressure
     promo_window_ms: int = 300_000
     promo_min_skus: int = 10
+    foreign_horizon_ms: int = 6 * 3_600_000  # rival prices of a SKU we do not sell, unseen this long: forgotten
     stock: StockRules = field(default_factory=StockRules)
 
 
@@ -139,6 +142,10 @@ class _SkuPrices:
     stock_ts: int = 0
     suggestion: tuple[str, float] | None = None  # the last (rule, price) suggested
 
+    def last_seen(self) -> int:
+        """The latest rival observation, accepted or flagged."""
+        return max([rival.ts for rival in self.rivals.values()] + [ts for _, ts in self.jumps.values()], default=0)
+
     def lowest(self) -> tuple[str | None, float | None]:
         best: tuple[float, str] | None = None
         for seller, rival in self.rivals.items():
@@ -167,12 +174,21 @@ class PriceWatch:
     promo_skus: dict[str, set] = field(default_factory=dict)  # rival -> our SKUs it has a promo on
     promo_alerting: set = field(default_factory=set)
     late_events: int = 0
+    # (a rival observation's ts, sku) heap of SKUs seen only in rivals' prices, one entry
+    # each: checked when the horizon has passed that observation.
+    foreign: list[tuple[int, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.clock = StreamClock(lateness_ms=self.rules.lateness_ms)
         # The ledger is driven on this watch's event time (no lateness of its own): the
         # watch hands it lines only once the stream's watermark has passed them.
         self.ledger = StockLedger(replace(self.rules.stock, lateness_ms=0))
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "foreign" not in state:  # a snapshot from before foreign SKUs were forgotten
+            self.foreign = [(sku.last_seen(), name) for name, sku in self.skus.items() if _foreign(sku)]
+            heapq.heapify(self.foreign)
 
     def resume(self, now_ms: int) -> None:
         self.clock.resume(now_ms)
@@ -229,8 +245,23 @@ class PriceWatch:
         self._fire_deadlines(watermark, changes, lines)
         if lines:
             self._apply_stock(lines, watermark, changes)
+        self._forget_foreign(watermark)
         self.applied_until = watermark
         return changes
+
+    def _forget_foreign(self, until: int) -> None:
+        """Drop SKUs seen only in rivals' prices whose last sighting is a horizon old."""
+        foreign, horizon = self.foreign, self.rules.foreign_horizon_ms
+        while foreign and foreign[0][0] + horizon <= until:
+            _, name = heapq.heappop(foreign)
+            sku = self.skus.get(name)
+            if sku is None or not _foreign(sku):
+                continue  # ours by now, or stocked: kept
+            seen = sku.last_seen()
+            if seen + horizon <= until:
+                del self.skus[name]
+            else:
+                heapq.heappush(foreign, (seen, name))  # seen again since: check again later
 
     def _fire_deadlines(self, until: int, changes: PriceChanges, lines: list[StockLine]) -> None:
         deadlines = self.deadlines
@@ -264,6 +295,8 @@ class PriceWatch:
         sku = self.skus.get(event.sku)
         if sku is None:
             sku = self.skus[event.sku] = _SkuPrices(event.sku)
+            if not event.own:
+                heapq.heappush(self.foreign, (event.ts, event.sku))
         seller = event.seller
         reference = sku.accepted.get(seller)
         if reference is None and not event.own:
@@ -445,6 +478,11 @@ class PriceWatch:
         if sku.suggestion is not None:
             fields.update(suggested_price=sku.suggestion[1], suggestion_rule=sku.suggestion[0])
         changes.views[sku.sku] = fields
+
+
+def _foreign(sku: _SkuPrices) -> bool:
+    """Seen only in rivals' prices: no price of ours, no stock of ours."""
+    return sku.own is None and sku.level is None
 
 
 def _take_stock(sku: _SkuPrices, view: StockView) -> None:
