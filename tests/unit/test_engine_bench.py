@@ -42,3 +42,10 @@ def test_the_summary_takes_medians_per_figure():
     assert median["flows"]["churn"] == {"drain_s": 5.0, "peak_rss_mb": 200.0}
     assert median["total_peak_rss_mb"] == 300.0
     assert len(summary["runs"]) == 3
+
+
+def test_the_cost_of_a_flow_is_the_median_of_paired_ratios():
+    # The machine slows down between pairs: each pair's ratio holds, the medians' ratio does not.
+    with_runs = [_run(100, 1.0, 1.0), _run(200, 1.0, 1.0), _run(400, 1.0, 1.0)]
+    without_runs = [_run(125, 1.0, 1.0), _run(250, 1.0, 1.0), _run(100, 1.0, 1.0)]
+    assert engine.paired_ratio(with_runs, without_runs) == 0.8
