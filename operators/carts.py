@@ -320,8 +320,10 @@ class CartBook:
             if cart is None:
                 continue  # ordered or emptied since
             deadline = cart.last_ts + delay
-            if deadline > ts:
-                heapq.heappush(deadlines, (deadline, user_id))  # active since: wait for the new deadline
+            if deadline > due:
+                # Active since: queue it at its real deadline, so carts are decided in deadline
+                # order (the stock ledger only moves forward) even when both fall due in one call.
+                heapq.heappush(deadlines, (deadline, user_id))
                 continue
             del self.carts[user_id]
             # The stock as of the deadline: lines stamped before it, as the stock flow's

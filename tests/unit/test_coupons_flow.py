@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 from collections import defaultdict
 from datetime import timedelta
 
@@ -177,6 +178,21 @@ def test_out_of_stock_is_judged_on_the_stock_as_of_the_deadline_however_partitio
                 sorted((n.fields["user_id"], tuple(orjson.loads(n.fields["note"])["skus"])) for n in notes))
     expected = (["u-back", "u-edge", "u-later"], [("u-soon", ("SOON",))])
     assert results == {key: expected for key in results}
+
+
+def test_carts_falling_due_together_are_judged_on_the_stock_at_their_own_deadlines():
+    # Both deadlines pass in one batch, in one bucket (of 8: "busy-2" and "quick" share
+    # one). "busy-2" was first in the deadline heap (it opened first) but stayed active, so
+    # its real deadline (T0 + 40 min) is after "quick"'s (T0 + 35 min); QUICK sells out
+    # between the two, after "quick"'s deadline: "quick" gets a coupon.
+    assert len({zlib.crc32(user) % CONFIG.buckets for user in (b"busy-2", b"quick")}) == 1
+    stream = (Stream().inventory(T0 - HOUR, "QUICK", "set", 1)
+              .add(T0, "busy-2").click(T0 + 10 * MINUTE, "busy-2", "page_view")
+              .add(T0 + 5 * MINUTE, "quick", sku="QUICK")
+              .inventory(T0 + 37 * MINUTE, "QUICK", "adjust", -1)
+              .tick(T0 + 3 * HOUR))
+    coupons, _, notes, _ = run_coupons(sorted(stream.records, key=lambda r: r.timestamp_ms), batch_size=1000)
+    assert sorted(c["user_id"] for c in coupons) == ["busy-2", "quick"] and notes == []
 
 
 def test_a_snapshot_from_before_the_stock_ledger_resumes():
