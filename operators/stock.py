@@ -406,12 +406,19 @@ class StockLedger:
         return self._run(None)
 
     def apply_through(self, lines: list[StockLine], until: int) -> StockChanges:
-        """For a ledger driven by another event-time loop (the price watch's copy): `lines`
+        """For a ledger driven by another event-time loop (the price watch's and each cart
+        bucket's copy): `lines`
         and every waiting line up to `until`, inclusive, and the ticks up to it. The caller
         has already waited for its own watermark, so no clock of this ledger is involved."""
         if lines:
             self.pending.extend(lines)
         return self._apply_until(until, inclusive=True)
+
+    def level(self, sku: str) -> str | None:
+        """The SKU's level after the lines applied so far (what `stock:{sku}` says); None
+        while inventory has not told us about it."""
+        entry = self.skus.get(sku)
+        return None if entry is None else entry.level
 
     def next_wake_ms(self, now_ms: int) -> int | None:
         """Wall time at which the quiet-input watermark reaches the next waiting line or tick."""

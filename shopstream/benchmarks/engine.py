@@ -43,7 +43,7 @@ FLOW_INPUTS: dict[str, tuple[str, ...]] = {
     "intake": INPUT_TOPICS,
     "stock": ("orders", "inventory"),
     "funnel": ("clickstream", "orders", "payments"),
-    "coupons": ("clickstream", "orders"),
+    "coupons": ("clickstream", "orders", "inventory"),
     "fraud": ("payments",),
     "churn": ("orders", "clickstream"),
     "traffic": ("clickstream", "orders", "payments"),
