@@ -1,18 +1,19 @@
 """coupons: abandoned-cart coupons pushed to shoppers (issue 5).
 
-Reads `clickstream` and `orders` (both keyed by user). Shoppers are hashed into a
-fixed number of buckets, each with a `CartBook` (open carts and a deadline heap);
-every input batch reaches every bucket with the batch's latest event time per
-input partition, so deadlines pass on the stream's event time even for shoppers
-who send nothing more, and by wall clock when all input is quiet.
+Reads `clickstream`, `orders` (both keyed by user) and `inventory`. Shoppers are
+hashed into a fixed number of buckets, each with a `CartBook` (open carts and a
+deadline heap); every input batch reaches every bucket with the batch's latest event
+time per input partition, so deadlines pass on the stream's event time even for
+shoppers who send nothing more, and by wall clock when all input is quiet.
 
 Each bucket also keeps its paying shoppers' RFM, so an abandoned cart carries the
-shopper's value tier at its deadline (the churn flow's rules, on event time). For
-each abandoned cart, the offers step reads the stock level of the cart's items
-(stock flow) and the codes of redeemed coupons in one Redis round trip, applies
-the offer policy, and issues coupons
-through the shared issuer (cap, fraud flag, exactly-once `coupon:{id}` and
-`stream:coupons`). Issued coupons go to the `coupons` topic; back-in-stock notes
+shopper's value tier at its deadline (the churn flow's rules, on event time), and a
+private stock ledger of every SKU (the stock flow's rules and SHOPSTREAM_STOCK_*
+settings), fed every batch's order and inventory lines in the same event-time loop,
+so a cart carries the items that are out of stock as of its deadline. The offers
+step reads which redeemed codes are our coupons in one Redis round trip, applies the
+offer policy, and issues coupons through the shared issuer (cap, fraud flag,
+exactly-once `coupon:{id}` and `stream:coupons`). Issued coupons go to the `coupons` topic; back-in-stock notes
 to the Redis stream `stream:cart_notes`; per-window recovery counts to `metrics` and
 to Redis (`coupons:recovery:latest` and its `:history`, for the dashboard).
 Dead letters are skipped: the intake flow publishes them.
@@ -40,6 +41,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from flows.stock import StockConfig
 from operators.carts import (
     CLICK_KINDS, ORDER_CREATED, ORDER_PAID, ORDER_REFUNDED, AbandonedCart, CartBook, CartEvent, CartOutput, CartRules,
 )
@@ -47,7 +49,8 @@ from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_cloc
 from operators.coupon_policy import CouponPolicy, Note, PolicyError, load_policy
 from operators.coupon_recovery import BucketClock, DecisionFact, RecoveryFact, RecoveryWindows, RedemptionFact
 from operators.coupons import Coupon
-from operators.events import ClickEvent, InvalidEvent, OrderEvent
+from operators.events import ClickEvent, InvalidEvent, InventoryEvent, OrderEvent
+from operators.stock import StockLine, inventory_line, order_lines
 from shopstream.rfm_settings import rfm_rules_from_settings
 from shopstream.settings import ConfigError, Settings
 from state.cart_offers import OfferPorts, RedisOfferPorts
@@ -59,7 +62,7 @@ from state.snapshots import PickledState, restored, tune_gc_for_long_lived_state
 
 log = logging.getLogger(__name__)
 
-COUPON_TOPICS = ("clickstream", "orders")
+COUPON_TOPICS = ("clickstream", "orders", "inventory")
 NOTES_STREAM = "stream:cart_notes"
 _ORDER_KINDS = {"created": (1, ORDER_CREATED), "paid": (2, ORDER_PAID), "refunded": (3, ORDER_REFUNDED)}
 
@@ -83,6 +86,7 @@ class CouponsConfig:
             lateness_ms=settings.coupon_lateness_ms,
             report_every_ms=settings.coupon_metrics_window_s * 1000,
             rfm=rfm_rules_from_settings(settings),
+            stock=StockConfig.from_settings(settings).rules,
         )
         return cls(
             max_event_ahead_ms=settings.max_event_ahead_s * 1000,
@@ -94,9 +98,11 @@ class CouponsConfig:
 
 
 class CartBatch(NamedTuple):
-    """One input batch's cart events for one bucket, and the whole batch's progress."""
+    """One input batch's cart events for one bucket, the whole batch's stock lines (every
+    bucket keeps every SKU's ledger), and the whole batch's progress."""
 
     events: list[CartEvent]
+    stock_lines: list[StockLine]
     progress: Progress
 
 
@@ -116,13 +122,15 @@ def cart_event(event: ClickEvent | OrderEvent) -> CartEvent | None:
 
 
 def triage_batch(records: list[InputRecord], config: CouponsConfig, now_ms: int) -> list[tuple[str, CartBatch]]:
-    """Decode a batch into cart events grouped by bucket; every bucket gets an entry.
+    """Decode a batch into cart events grouped by bucket, and the stock lines of its orders
+    and inventory events for every bucket; every bucket gets an entry.
 
     Unusable records are skipped (the intake flow dead-letters them): the same check
     as `state.inputs.decode_record`, without building the dead letter."""
     latest_ts_ms = now_ms + config.max_event_ahead_ms
     buckets = config.buckets
     per_bucket: list[list[CartEvent]] = [[] for _ in range(buckets)]
+    stock_lines: list[StockLine] = []  # one list shared by every bucket's batch: they only read it
     progress = Progress()
     crc32 = zlib.crc32  # not hash(): a shopper must land in the same bucket in every process
     for record in records:
@@ -134,15 +142,21 @@ def triage_batch(records: list[InputRecord], config: CouponsConfig, now_ms: int)
         except InvalidEvent:
             continue
         event_type = type(event)
-        if (event_type is not ClickEvent and event_type is not OrderEvent) or event.ts > latest_ts_ms:
+        if (event_type is not ClickEvent and event_type is not OrderEvent and event_type is not InventoryEvent) \
+                or event.ts > latest_ts_ms:
             continue  # another topic, or stamped too far ahead (a dead letter for intake)
         progress.saw((record.topic, record.partition), event.ts)
+        if event_type is InventoryEvent:
+            stock_lines.append(inventory_line(event))
+            continue
+        if event_type is OrderEvent:
+            stock_lines.extend(order_lines(event))
         item = cart_event(event)
         if item is not None:
             per_bucket[crc32(item.user_id.encode()) % buckets].append(item)
     if not progress:
         return []
-    return [(str(index), CartBatch(events, progress)) for index, events in enumerate(per_bucket)]
+    return [(str(index), CartBatch(events, stock_lines, progress)) for index, events in enumerate(per_bucket)]
 
 
 class _CartLogic(StatefulBatchLogic[CartBatch, CartOutput, CartBook]):
@@ -154,7 +168,7 @@ class _CartLogic(StatefulBatchLogic[CartBatch, CartOutput, CartBook]):
 
     def on_batch(self, batches: list[CartBatch]):
         now = self._now_ms()
-        outputs = [self._book.add(batch.events, batch.progress, now) for batch in batches]
+        outputs = [self._book.add(batch.events, batch.progress, now, batch.stock_lines) for batch in batches]
         return [out for out in outputs if out.watermark is not None], self.RETAIN
 
     def on_notify(self):
@@ -184,11 +198,12 @@ class OfferResults(NamedTuple):
 
 
 def make_offers(outputs: list[tuple[str, CartOutput]], ports: OfferPorts, config: CouponsConfig) -> OfferResults:
-    """Decide and issue the offers for a batch of abandoned carts: one lookup and one issue round trip."""
+    """Decide and issue the offers for a batch of abandoned carts: one lookup and one issue round trip.
+    Each cart carries its tier and out-of-stock items as of its deadline (the book's)."""
     carts: list[AbandonedCart] = [cart for _, out in outputs for cart in out.abandoned]
     codes = sorted({r.coupon_code for _, out in outputs for r in out.redemptions})
-    lookups = ports.lookup(carts, codes)
-    decisions = [config.policy.decide(cart, cart.tier, lookups.out_of_stock) for cart in carts]
+    our_coupons = ports.our_coupons(codes)
+    decisions = [config.policy.decide(cart, cart.tier, cart.out_of_stock) for cart in carts]
     coupons = [d for d in decisions if type(d) is Coupon]
     outcomes = iter(ports.issue(coupons))
     messages: list[OutboundMessage] = []
@@ -214,7 +229,7 @@ def make_offers(outputs: list[tuple[str, CartOutput]], ports: OfferPorts, config
         for cart in out.abandoned:
             facts.append(DecisionFact(cart.ts, verdicts.get(cart.trigger_id, "no_offer")))
         for redemption in out.redemptions:
-            if redemption.coupon_code in lookups.our_coupons:
+            if redemption.coupon_code in our_coupons:
                 facts.append(RedemptionFact(redemption.ts, redemption.coupon_code, redemption.amount))
         facts.append(BucketClock(bucket, out.watermark))
     return OfferResults(messages, writes, facts)

@@ -67,6 +67,7 @@ class PricingConfig:
             sellout_minutes=settings.price_sellout_minutes,
             promo_window_ms=settings.price_promo_window_s * 1000,
             promo_min_skus=settings.price_promo_min_skus,
+            foreign_horizon_ms=settings.price_foreign_horizon_s * 1000,
             stock=stock.rules,
         )
         return cls(max_event_ahead_ms=settings.max_event_ahead_s * 1000, rules=rules)

@@ -22,10 +22,16 @@ Cart rules:
   orders up to it, by the RFM rules the churn flow uses (`operators.rfm`). It is
   kept here, not read from the churn flow's Redis hash, because that hash holds
   whatever the churn flow had read by the wall time of the decision.
+- an item is out of stock at the deadline T when the stock flow's level for it as of
+  T is `out`: each book keeps a private `StockLedger` (the stock flow's rules) fed the
+  stock lines of `orders` and `inventory` in the same event-time loop as the cart
+  events, and brought up to just before T when a cart is decided. Not read from
+  `stock:{sku}` in Redis, which holds whatever the stock flow had read by the wall
+  time of the decision.
 
-Replay equals live: events are applied in event-time order (ties broken by a
-fixed rank and the event id), only once the stream's watermark has passed them,
-and each deadline is decided between the events before and after it. So the
+Replay equals live: events and stock lines are applied in event-time order (ties
+broken by a fixed rank and the event id), only once the stream's watermark has passed
+them, and each deadline is decided between the events before and after it. So the
 decisions depend only on which events exist, not on how partitions interleave
 or batches are cut, as long as events arrive within the lateness.
 """
@@ -33,14 +39,15 @@ or batches are cut, as long as events arrive within the lateness.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left
-from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import NamedTuple
 from zlib import crc32
 
 from operators.clock import Progress, StreamClock
 from operators.rfm import CustomerState, RfmRules, record_paid, record_refund, rfm_view, tier_of
+from operators.stock import StockLedger, StockLine, StockRules
 
 # Event kinds, small ints: they ride in every buffered event.
 ADD, REMOVE, CHECKOUT, SHIPPING, VIEW, SEARCH, OTHER_CLICK, ORDER_CREATED, ORDER_PAID, ORDER_REFUNDED = range(10)
@@ -79,6 +86,7 @@ class CartEvent(NamedTuple):
 
 _ORDER_KEY = itemgetter(0, 1, 2)
 _TS = itemgetter(0)
+_STOCK_TS = itemgetter(1)  # StockLine.ts
 
 
 class CartLine(NamedTuple):
@@ -101,6 +109,7 @@ class AbandonedCart:
     stage: str  # cart | checkout | payment
     signal: str  # shipping_fee | comparison | none
     tier: str = "new"  # the shopper's value tier at the deadline
+    out_of_stock: tuple[str, ...] = ()  # the cart's SKUs whose stock level is `out` at the deadline
 
     @property
     def value(self) -> float:
@@ -129,6 +138,7 @@ class CartRules:
     max_lines: int = 50  # a bot adding thousands of SKUs must not grow one cart without bound
     report_every_ms: int = 3_600_000  # the recovery metric window: buckets report when their clock crosses one
     rfm: RfmRules = RfmRules()  # value tiers: the churn flow's rules
+    stock: StockRules = StockRules()  # stock levels: the stock flow's rules (its lateness is not used)
 
 
 class _Cart:
@@ -167,8 +177,34 @@ class CartOutput:
     watermark: int | None  # None: nothing to report about time
 
 
+def _private_ledger(rules: StockRules) -> StockLedger:
+    # Driven on the book's event time (no lateness of its own): the book hands it lines
+    # only once the stream's watermark has passed them.
+    return StockLedger(replace(rules, lateness_ms=0))
+
+
+class _StockFeed:
+    """One run's stock lines passed by the watermark, in event-time order, handed to the
+    book's ledger only as far as each decision needs them."""
+
+    __slots__ = ("ledger", "lines", "applied")
+
+    def __init__(self, ledger: StockLedger, lines: list[StockLine]) -> None:
+        self.ledger = ledger
+        self.lines = lines
+        self.applied = 0
+
+    def through(self, until: int) -> None:
+        """Apply the lines stamped at or before `until`."""
+        lines, start = self.lines, self.applied
+        end = bisect_right(lines, until, lo=start, key=_STOCK_TS)
+        self.ledger.apply_through(lines[start:end], until)
+        self.applied = end
+
+
 class CartBook:
-    """The open carts of one bucket of shoppers, their deadlines, and the stream clock."""
+    """The open carts of one bucket of shoppers, their deadlines, the stream clock, and a
+    private copy of the stock ledger (every SKU's: any shopper may put any SKU in a cart)."""
 
     def __init__(self, rules: CartRules):
         self.rules = rules
@@ -179,9 +215,14 @@ class CartBook:
         self.applied_until: int | None = None  # events before this have been applied (the last watermark)
         self.reported_window: int | None = None  # the last recovery window boundary reported
         self.customers: dict[str, CustomerState] = {}  # shoppers of this bucket who ever paid: their RFM
+        self.stock = _private_ledger(rules.stock)  # levels as of the book's event time
+        self.stock_pending: list[StockLine] = []  # stock lines arrived, not yet passed by the watermark
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("customers", {})  # snapshots from before tiers were kept here
+        if "stock" not in state:  # snapshots from before stock was judged here: every SKU unknown
+            state["stock"] = _private_ledger(state["rules"].stock)  # (an old CartRules has the default)
+            state["stock_pending"] = []
         self.__dict__.update(state)
 
     # -- configuration across restarts -------------------------------------------------------
@@ -192,15 +233,20 @@ class CartBook:
             heapq.heapify(self.deadlines)
         self.rules = rules
         self.clock.lateness_ms = rules.lateness_ms
+        self.stock.rules = replace(rules.stock, lateness_ms=0)
         self.clock.resume(now_ms)
 
     # -- input ---------------------------------------------------------------------------------
-    def add(self, events: list[CartEvent], progress: Progress, now_ms: int) -> CartOutput:
-        """One input batch's events for this bucket, and the batch's progress (the whole
+    def add(self, events: list[CartEvent], progress: Progress, now_ms: int,
+            stock_lines: list[StockLine] | tuple = ()) -> CartOutput:
+        """One input batch's events for this bucket, its stock lines (the whole batch's:
+        every bucket keeps every SKU's ledger), and the batch's progress (the whole
         batch's, so the clock follows the stream, not the bucket)."""
         self.clock.advance(progress, now_ms)
         if events:
             self.pending.extend(events)
+        if stock_lines:
+            self.stock_pending.extend(stock_lines)
         return self._run(now_ms)
 
     def advance(self, now_ms: int) -> CartOutput:
@@ -226,6 +272,7 @@ class CartBook:
             return CartOutput(abandoned, redemptions, None)
         if self.applied_until is not None and watermark < self.applied_until:
             watermark = self.applied_until  # the clock never goes back (a resume, a new source)
+        stock = self._stock_feed(watermark)
         pending = self.pending
         if pending:
             pending.sort(key=_ORDER_KEY)
@@ -236,9 +283,11 @@ class CartBook:
                 if event.event_id == previous_id:
                     continue  # the same event delivered twice (at-least-once producers)
                 previous_id = event.event_id
-                self._decide_until(event.ts, abandoned)
+                self._decide_until(event.ts, abandoned, stock)
                 self._apply(event, redemptions)
-        self._decide_until(watermark, abandoned)
+        self._decide_until(watermark, abandoned, stock)
+        # Like the cart events, stock lines apply once strictly older than the watermark.
+        stock.through(watermark - 1)
         self.applied_until = watermark
         return CartOutput(abandoned, redemptions, self._report(watermark, abandoned or redemptions))
 
@@ -250,7 +299,18 @@ class CartBook:
             return watermark
         return None
 
-    def _decide_until(self, ts: int, abandoned: list[AbandonedCart]) -> None:
+    def _stock_feed(self, watermark: int) -> _StockFeed:
+        """The stock lines strictly older than the watermark, in event-time order (the
+        ledger orders lines of one instant itself)."""
+        pending = self.stock_pending
+        if not pending:
+            return _StockFeed(self.stock, [])
+        pending.sort(key=_STOCK_TS)
+        cut = bisect_left(pending, watermark, key=_STOCK_TS)
+        ready, self.stock_pending = pending[:cut], pending[cut:]
+        return _StockFeed(self.stock, ready)
+
+    def _decide_until(self, ts: int, abandoned: list[AbandonedCart], stock: _StockFeed) -> None:
         """Decide every cart whose deadline is at or before `ts`."""
         deadlines = self.deadlines
         delay = self.rules.abandon_after_ms
@@ -260,10 +320,15 @@ class CartBook:
             if cart is None:
                 continue  # ordered or emptied since
             deadline = cart.last_ts + delay
-            if deadline > ts:
-                heapq.heappush(deadlines, (deadline, user_id))  # active since: wait for the new deadline
+            if deadline > due:
+                # Active since: queue it at its real deadline, so carts are decided in deadline
+                # order (the stock ledger only moves forward) even when both fall due in one call.
+                heapq.heappush(deadlines, (deadline, user_id))
                 continue
             del self.carts[user_id]
+            # The stock as of the deadline: lines stamped before it, as the stock flow's
+            # level once its watermark reaches the deadline (one stamped at it is too late).
+            stock.through(deadline - 1)
             abandoned.append(self._decision(cart, deadline))
 
     def _decision(self, cart: _Cart, deadline: int) -> AbandonedCart:
@@ -283,6 +348,7 @@ class CartBook:
             stage=STAGES[cart.stage],
             signal=signal,
             tier=self.tier(cart.user_id, deadline),
+            out_of_stock=tuple(line.sku for line in cart.lines if self.stock.level(line.sku) == "out"),
         )
 
     def tier(self, user_id: str, ts: int) -> str:

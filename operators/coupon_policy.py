@@ -3,8 +3,9 @@
 A policy is a JSON document (the file named by SHOPSTREAM_COUPON_POLICY, or the
 built-in `DEFAULT_POLICY`), validated once at start. For each abandoned cart:
 
-1. an item in the cart is out of stock now: no coupon; a back-in-stock note
-   (`Note`) with the policy's `out_of_stock_note` text instead;
+1. an item in the cart is out of stock at the cart's deadline (the stock flow's level
+   as of that event time, `AbandonedCart.out_of_stock`): no coupon; a back-in-stock
+   note (`Note`) with the policy's `out_of_stock_note` text instead;
 2. otherwise the first rule whose `when` matches decides: its `offer`, or no
    coupon when the offer is null; no rule matches: no coupon.
 
@@ -21,6 +22,7 @@ value, e.g. 1.0: spend at least what the cart holds), and `expires_after_hours`
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,7 @@ class CouponPolicy:
     out_of_stock_note: str
     rules: tuple[Rule, ...]
 
-    def decide(self, cart: AbandonedCart, tier: str | None, out_of_stock: frozenset[str] | set[str]
-               ) -> Coupon | Note | None:
+    def decide(self, cart: AbandonedCart, tier: str | None, out_of_stock: Collection[str]) -> Coupon | Note | None:
         """The coupon, the note, or nothing for an abandoned cart."""
         sold_out = tuple(sku for sku in cart.skus if sku in out_of_stock)
         if sold_out:

@@ -5,7 +5,7 @@ through many cards within minutes, most of them declined. A model that learns
 from chargebacks days later sees few of those labels (small charges are rarely
 disputed), while a velocity rule stops the burst from its fifth card on.
 
-Reason codes are a public contract (CONTRACT.md `reasons`): never rename one.
+Reason codes are a public contract (docs/contract.md `reasons`): never rename one.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ depends only on the input, not on batching, load or a crash and replay.
 
 Rules (all on event time):
 - A SKU is ours once we have observed our own price for it; rival prices for other SKUs
-  are kept (our price may come later) but raise nothing.
+  are kept (our price may come later) but raise nothing, and are forgotten once no rival
+  price for the SKU has been seen for `foreign_horizon_ms` of event time (a crawler that
+  covers a rival's whole range would otherwise grow the watch without end).
 - A price far from the seller's last accepted price for the SKU (more than
   `max_jump_factor` times above or below; for a rival's first observation, against our
   price) is *flagged*, not acted on. It is accepted when the crawler sees it again
@@ -44,7 +46,6 @@ from operators.stock import StockLedger, StockLine, StockRules, StockView, _line
 
 PRESSURE_LEVELS = frozenset({"warning", "urgent", "out"})
 URGENT_LEVELS = frozenset({"urgent", "out"})
-_LEDGER_SOURCE = ("pricing", 0)  # the private ledger's only input: this watch's own event time
 UNDERCUT_RUNBOOK = "Check the rival's offer; accept or reject the suggestion on price-suggestions."
 PROMO_RUNBOOK = "A rival promotion wave: review price-suggestions for the SKUs in the detail."
 PROMO_DETAIL_SKUS = 20  # SKUs named in a promotion-wave candidate, fastest sellers first
@@ -67,6 +68,7 @@ class PriceRules:
     sellout_minutes: float = 60.0  # projected to run out within this: inventory pressure
     promo_window_ms: int = 300_000
     promo_min_skus: int = 10
+    foreign_horizon_ms: int = 6 * 3_600_000  # rival prices of a SKU we do not sell, unseen this long: forgotten
     stock: StockRules = field(default_factory=StockRules)
 
 
@@ -140,12 +142,18 @@ class _SkuPrices:
     stock_ts: int = 0
     suggestion: tuple[str, float] | None = None  # the last (rule, price) suggested
 
+    def last_seen(self) -> int:
+        """The latest rival observation, accepted or flagged."""
+        return max([rival.ts for rival in self.rivals.values()] + [ts for _, ts in self.jumps.values()], default=0)
+
     def lowest(self) -> tuple[str | None, float | None]:
-        best: tuple[float, str] | None = None
+        """The cheapest rival and its price; ties go to the first seller name."""
+        best_seller = best = None
         for seller, rival in self.rivals.items():
-            if best is None or (rival.price, seller) < best:
-                best = (rival.price, seller)
-        return (None, None) if best is None else (best[1], best[0])
+            price = rival.price
+            if best is None or price < best or (price == best and seller < best_seller):
+                best_seller, best = seller, price
+        return best_seller, best
 
     def gap_pct(self, lowest: float | None) -> float | None:
         if self.own is None or lowest is None:
@@ -168,12 +176,21 @@ class PriceWatch:
     promo_skus: dict[str, set] = field(default_factory=dict)  # rival -> our SKUs it has a promo on
     promo_alerting: set = field(default_factory=set)
     late_events: int = 0
+    # (a rival observation's ts, sku) heap of SKUs seen only in rivals' prices, one entry
+    # each: checked when the horizon has passed that observation.
+    foreign: list[tuple[int, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.clock = StreamClock(lateness_ms=self.rules.lateness_ms)
         # The ledger is driven on this watch's event time (no lateness of its own): the
         # watch hands it lines only once the stream's watermark has passed them.
         self.ledger = StockLedger(replace(self.rules.stock, lateness_ms=0))
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if "foreign" not in state:  # a snapshot from before foreign SKUs were forgotten
+            self.foreign = [(sku.last_seen(), name) for name, sku in self.skus.items() if _foreign(sku)]
+            heapq.heapify(self.foreign)
 
     def resume(self, now_ms: int) -> None:
         self.clock.resume(now_ms)
@@ -230,8 +247,23 @@ class PriceWatch:
         self._fire_deadlines(watermark, changes, lines)
         if lines:
             self._apply_stock(lines, watermark, changes)
+        self._forget_foreign(watermark)
         self.applied_until = watermark
         return changes
+
+    def _forget_foreign(self, until: int) -> None:
+        """Drop SKUs seen only in rivals' prices whose last sighting is a horizon old."""
+        foreign, horizon = self.foreign, self.rules.foreign_horizon_ms
+        while foreign and foreign[0][0] + horizon <= until:
+            _, name = heapq.heappop(foreign)
+            sku = self.skus.get(name)
+            if sku is None or not _foreign(sku):
+                continue  # ours by now, or stocked: kept
+            seen = sku.last_seen()
+            if seen + horizon <= until:
+                del self.skus[name]
+            else:
+                heapq.heappush(foreign, (seen, name))  # seen again since: check again later
 
     def _fire_deadlines(self, until: int, changes: PriceChanges, lines: list[StockLine]) -> None:
         deadlines = self.deadlines
@@ -250,9 +282,7 @@ class PriceWatch:
             self._view(sku, due, changes)
 
     def _apply_stock(self, lines: list[StockLine], until: int, changes: PriceChanges) -> None:
-        progress = Progress()
-        progress.saw(_LEDGER_SOURCE, until)
-        stock = self.ledger.add(lines, progress, 0)
+        stock = self.ledger.apply_through(lines, until)
         for view in stock.views:
             sku = self.skus.get(view.sku)
             if sku is None:
@@ -264,33 +294,40 @@ class PriceWatch:
 
     # -- prices ----------------------------------------------------------------------------
     def _observe(self, event: PriceEvent, changes: PriceChanges) -> None:
-        sku = self.skus.get(event.sku)
+        name, seller, price, ts = event.sku, event.seller, event.price, event.ts
+        own = seller == PriceEvent.OWN_SELLER
+        sku = self.skus.get(name)
         if sku is None:
-            sku = self.skus[event.sku] = _SkuPrices(event.sku)
-        seller = event.seller
+            sku = self.skus[name] = _SkuPrices(name)
+            if not own:
+                heapq.heappush(self.foreign, (ts, name))
         reference = sku.accepted.get(seller)
-        if reference is None and not event.own:
+        if reference is None and not own:
             reference = sku.own
-        if reference is not None and not self._plausible(sku, event, reference):
-            changes.flagged.append(FlaggedPrice(event.event_id, event.ts, event.sku, seller, event.price, reference))
-            return
-        sku.jumps.pop(seller, None)
-        sku.accepted[seller] = event.price
-        if event.own:
-            sku.own, sku.own_ts, sku.currency = event.price, event.ts, event.currency
+        if reference is not None:
+            factor = self.rules.max_jump_factor
+            # The usual case inline; a jump goes to `_plausible`, which judges it again.
+            if not reference / factor <= price <= reference * factor and not self._plausible(sku, event, reference):
+                changes.flagged.append(FlaggedPrice(event.event_id, ts, name, seller, price, reference))
+                return
+        if sku.jumps:
+            sku.jumps.pop(seller, None)
+        sku.accepted[seller] = price
+        if own:
+            sku.own, sku.own_ts, sku.currency = price, ts, event.currency
             if event.floor is not None:
                 sku.floor = event.floor
             elif sku.floor is None:
-                sku.floor = round(event.price * (1 - self.rules.default_floor_pct / 100), 2)
+                sku.floor = round(price * (1 - self.rules.default_floor_pct / 100), 2)
             if event.list_price is not None:
                 sku.list_price = event.list_price
         else:
             before = sku.rivals.get(seller)
-            sku.rivals[seller] = _Rival(event.price, event.ts, event.promo)
+            sku.rivals[seller] = _Rival(price, ts, event.promo)
             if sku.own is not None:
                 self._track_promo(sku, seller, before, event, changes)
         if sku.own is not None:
-            self._judge(sku, event.ts, event.event_id, changes)
+            self._judge(sku, ts, event.event_id, changes)
 
     def _plausible(self, sku: _SkuPrices, event: PriceEvent, reference: float) -> bool:
         factor = self.rules.max_jump_factor
@@ -306,9 +343,11 @@ class PriceWatch:
 
     def _track_promo(self, sku: _SkuPrices, rival: str, before: _Rival | None, event: PriceEvent,
                      changes: PriceChanges) -> None:
-        promoted = self.promo_skus.setdefault(rival, set())
         rules = self.rules
         if event.promo is None:
+            promoted = self.promo_skus.get(rival)
+            if promoted is None:
+                return  # this rival never had a promotion: nothing to end (most crawls)
             promoted.discard(sku.sku)
             if rival in self.promo_alerting and len(promoted) < rules.promo_min_skus:
                 self.promo_alerting.discard(rival)
@@ -317,6 +356,9 @@ class PriceWatch:
                     summary=f"{rival}'s promotion wave is over ({len(promoted)} of our SKUs still on promotion)",
                     value=float(len(promoted)), threshold=float(rules.promo_min_skus)))
             return
+        promoted = self.promo_skus.get(rival)
+        if promoted is None:
+            promoted = self.promo_skus[rival] = set()
         promoted.add(sku.sku)
         if before is not None and before.promo == event.promo:
             return  # the same promotion seen again, not a new start
@@ -368,15 +410,15 @@ class PriceWatch:
                     ts=ts, rule="price.undercut", key=sku.sku, active=False, severity="warning",
                     summary=f"{sku.sku}: the gap to the lowest rival closed ({_pct(gap)})",
                     value=gap, threshold=rules.undercut_pct))
-        rule, price, reason = self._suggest(sku, ts, seller, lowest)
+        rule, price, raise_pct = self._suggest(sku, ts, lowest, gap)
         if self._new_advice(sku.suggestion, rule, price):
             sku.suggestion = (rule, price)
             changes.suggestions.append(PriceSuggestion(
                 suggestion_id=f"{sku.sku}:{ts}:{trigger}", ts=ts, sku=sku.sku, current_price=sku.own,
-                suggested_price=price, floor=sku.floor, rule=rule, reason=reason, currency=sku.currency,
-                lowest_rival=seller, lowest_rival_price=lowest, gap_pct=gap, stock_level=sku.level,
-                velocity_per_min=sku.velocity))
-        self._view(sku, ts, changes)
+                suggested_price=price, floor=sku.floor, rule=rule, reason=_reason(rule, sku, seller, lowest, raise_pct),
+                currency=sku.currency, lowest_rival=seller, lowest_rival_price=lowest, gap_pct=gap,
+                stock_level=sku.level, velocity_per_min=sku.velocity))
+        self._view(sku, ts, changes, seller, lowest, gap)
 
     def _new_advice(self, last: tuple[str, float] | None, rule: str, price: float) -> bool:
         """A rule change is news; a price under the same rule is news when it moves enough
@@ -387,36 +429,34 @@ class PriceWatch:
             return True
         return abs(price - last[1]) > last[1] * self.rules.resuggest_pct / 100
 
-    def _suggest(self, sku: _SkuPrices, ts: int, seller: str | None,
-                 lowest: float | None) -> tuple[str, float, str]:
+    def _suggest(self, sku: _SkuPrices, ts: int, lowest: float | None,
+                 gap: float | None) -> tuple[str, float, float | None]:
+        """(rule, price, the raise in percent for `inventory.raise`); the reason's text is
+        written only for advice that goes out (`_reason`)."""
         rules, own, floor = self.rules, sku.own, sku.floor
-        gap = sku.gap_pct(lowest)
         pressure = self._pressure(sku, ts)
+        pct = None
         if pressure is not None:
             if lowest is not None and lowest < own:
                 rule, price = "inventory.hold", own
-                reason = f"{seller} is cheaper ({lowest:g}) but stock is {sku.level or 'selling out'}: hold"
             else:
                 pct = rules.raise_pct_urgent if pressure == "urgent" else rules.raise_pct_warning
                 price = own * (1 + pct / 100)
                 if sku.list_price is not None and sku.list_price > own:
                     price = min(price, sku.list_price)
                 rule = "inventory.raise"
-                reason = f"stock {sku.level or 'selling out'} and no cheaper rival: raise up to {pct:g}%"
         elif lowest is None:
-            rule, price, reason = "hold", own, "no rival price"
+            rule, price = "hold", own
         elif gap is not None and gap > rules.match_pct:
             if lowest < floor:
                 rule, price = "rival.floor", floor
-                reason = f"{seller} at {lowest:g} is below our floor {floor:g}: go to the floor"
             else:
-                rule, price, reason = "rival.match", lowest, f"match {seller} at {lowest:g}"
+                rule, price = "rival.match", lowest
         elif lowest > own * (1 + rules.undercut_pct / 100):
             rule, price = "rival.follow_up", lowest * (1 - rules.follow_up_pct / 100)
-            reason = f"every rival is above us; {seller} lowest at {lowest:g}: follow up"
         else:
-            rule, price, reason = "hold", own, "in line with rivals"
-        return rule, round(max(price, floor), 2), reason
+            rule, price = "hold", own
+        return rule, round(max(price, floor), 2), pct
 
     def _undercut_candidate(self, sku: _SkuPrices, ts: int) -> AlertCandidate:
         seller, lowest = sku.lowest()
@@ -430,24 +470,54 @@ class PriceWatch:
             detail={"rival": seller, "rival_price": lowest, "our_price": sku.own, "since_ts": sku.undercut_since,
                     "velocity_per_min": sku.velocity, "stock_level": sku.level})
 
-    def _view(self, sku: _SkuPrices, ts: int, changes: PriceChanges) -> None:
+    def _view(self, sku: _SkuPrices, ts: int, changes: PriceChanges, seller: str | None = None,
+              lowest: float | None = None, gap: float | None = None) -> None:
+        """`price:{sku}` as of `ts`; `seller`, `lowest` and `gap` when the caller has them."""
         if sku.own is None:
             return
-        seller, lowest = sku.lowest()
+        if lowest is None:
+            seller, lowest = sku.lowest()
+            gap = sku.gap_pct(lowest)
         fields: dict = {"own_price": sku.own, "floor": sku.floor, "currency": sku.currency, "updated_ts": ts}
         if lowest is not None:
-            fields.update(lowest_rival_price=lowest, lowest_rival=seller, gap_pct=sku.gap_pct(lowest))
-        if sku.undercut_since is not None:
-            fields.update(gap_since_ts=sku.undercut_since, gap_held_ms=ts - sku.undercut_since)
+            fields["lowest_rival_price"] = lowest
+            fields["lowest_rival"] = seller
+            fields["gap_pct"] = gap
+        since = sku.undercut_since
+        if since is not None:
+            fields["gap_since_ts"] = since
+            fields["gap_held_ms"] = ts - since
         if sku.level is not None:
             fields["stock_level"] = sku.level
         if sku.velocity is not None:
             fields["velocity_per_min"] = sku.velocity
         if sku.minutes_to_stockout is not None:
             fields["minutes_to_stockout"] = sku.minutes_to_stockout
-        if sku.suggestion is not None:
-            fields.update(suggested_price=sku.suggestion[1], suggestion_rule=sku.suggestion[0])
+        suggestion = sku.suggestion
+        if suggestion is not None:
+            fields["suggested_price"] = suggestion[1]
+            fields["suggestion_rule"] = suggestion[0]
         changes.views[sku.sku] = fields
+
+
+def _reason(rule: str, sku: _SkuPrices, seller: str | None, lowest: float | None, raise_pct: float | None) -> str:
+    """Why `_suggest` chose `rule`, in words for the storefront's reviewers."""
+    if rule == "inventory.hold":
+        return f"{seller} is cheaper ({lowest:g}) but stock is {sku.level or 'selling out'}: hold"
+    if rule == "inventory.raise":
+        return f"stock {sku.level or 'selling out'} and no cheaper rival: raise up to {raise_pct:g}%"
+    if rule == "rival.floor":
+        return f"{seller} at {lowest:g} is below our floor {sku.floor:g}: go to the floor"
+    if rule == "rival.match":
+        return f"match {seller} at {lowest:g}"
+    if rule == "rival.follow_up":
+        return f"every rival is above us; {seller} lowest at {lowest:g}: follow up"
+    return "no rival price" if lowest is None else "in line with rivals"
+
+
+def _foreign(sku: _SkuPrices) -> bool:
+    """Seen only in rivals' prices: no price of ours, no stock of ours."""
+    return sku.own is None and sku.level is None
 
 
 def _take_stock(sku: _SkuPrices, view: StockView) -> None:

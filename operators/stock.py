@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -405,16 +405,37 @@ class StockLedger:
         """The input has ended (a finite replay): apply every waiting line."""
         return self._run(None)
 
+    def apply_through(self, lines: list[StockLine], until: int) -> StockChanges:
+        """For a ledger driven by another event-time loop (the price watch's and each cart
+        bucket's copy): `lines`
+        and every waiting line up to `until`, inclusive, and the ticks up to it. The caller
+        has already waited for its own watermark, so no clock of this ledger is involved."""
+        if lines:
+            self.pending.extend(lines)
+        return self._apply_until(until, inclusive=True)
+
+    def level(self, sku: str) -> str | None:
+        """The SKU's level after the lines applied so far (what `stock:{sku}` says); None
+        while inventory has not told us about it."""
+        entry = self.skus.get(sku)
+        return None if entry is None else entry.level
+
     def next_wake_ms(self, now_ms: int) -> int | None:
         """Wall time at which the quiet-input watermark reaches the next waiting line or tick."""
-        due = [self.pending[0].ts] if self.pending else []  # sorted by the last `_run`
+        due = [self.pending[0].ts + 1] if self.pending else []  # sorted by the last `_run`; applies once passed
         if self.projected and self.next_tick is not None:
             due.append(self.next_tick)
         return self.clock.wall_time_when(min(due), now_ms) if due else None
 
     def _run(self, now_ms: int | None) -> StockChanges:
+        if now_ms is None:  # the end of the input: every line applies
+            return self._apply_until(self.clock.max_event_ms, inclusive=True)
+        # Strictly older than the watermark: a partition that has reached the watermark may
+        # still deliver another line stamped with it, which must not come after its equals.
+        return self._apply_until(self.clock.watermark(now_ms), inclusive=False)
+
+    def _apply_until(self, watermark: int | None, inclusive: bool) -> StockChanges:
         changes = StockChanges()
-        watermark = self.clock.watermark(now_ms) if now_ms is not None else self.clock.max_event_ms
         if watermark is None:
             return changes
         if self.applied_until is not None and watermark < self.applied_until:
@@ -423,7 +444,7 @@ class StockLedger:
         ready: list[StockLine] = []
         if pending:
             pending.sort(key=_line_order)
-            cut = bisect_right(pending, watermark, key=_line_ts)
+            cut = (bisect_right if inclusive else bisect_left)(pending, watermark, key=_line_ts)
             ready, self.pending = pending[:cut], pending[cut:]
         self._watermark = watermark
         self._apply_lines(ready, watermark, changes)

@@ -94,13 +94,13 @@ class LatencyResult:
 
 
 def fill_backlog(settings: Settings, scenario: str, events: int, seed: int,
-                 topics: tuple[str, ...] = INPUT_TOPICS) -> Backlog:
+                 topics: tuple[str, ...] = INPUT_TOPICS, shoppers: int = 400_000) -> Backlog:
     """Produce `events` simulated events flat out to the (prefixed) input `topics`; the
     backlog's end offsets cover those topics only."""
     producer = CheckedProducer(settings)
     started = time.perf_counter()
     sent = 0
-    for event in generate((scenario,), seed=seed, duration_ms=parse_duration("7d"), shoppers=400_000):
+    for event in generate((scenario,), seed=seed, duration_ms=parse_duration("7d"), shoppers=shoppers):
         if event.topic not in topics:
             continue
         producer.produce(event.topic, event.key, event.value)
@@ -244,7 +244,7 @@ def intake_window_latency(settings: Settings, scenario: str, rate: float, second
     seen: dict[int, float] = {}
     try:
         producer = CheckedProducer(live)
-        events = iter(generate((scenario,), seed=seed, duration_ms=parse_duration("7d"), shoppers=400_000))
+        events = iter(generate((scenario,), seed=seed, duration_ms=parse_duration("7d"), shoppers=shoppers))
         started = time.monotonic()
         run_started_ms = time.time() * 1000
         sent = 0

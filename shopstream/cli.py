@@ -76,6 +76,9 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from shopstream.bench import format_report, run_bench, write_json
 
+    if args.flows[:1] == ["engine"]:
+        return _cmd_bench_engine(args, settings)
+
     report = run_bench(
         settings,
         args.flows,
@@ -89,6 +92,18 @@ def _cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     print(format_report(report))
     if args.json:
         write_json(report, args.json)
+    return 0
+
+
+def _cmd_bench_engine(args: argparse.Namespace, settings: Settings) -> int:
+    from shopstream.bench import write_json
+    from shopstream.benchmarks import engine
+
+    if args.flows[1:]:
+        raise ConfigError("bench engine takes its flows as --flows a,b (and --without c), not as arguments")
+    summary = engine.run_from_args(args, settings)
+    if args.json:
+        write_json(summary, args.json)
     return 0
 
 
@@ -149,8 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure flows on real Kafka and Redis (see BENCHMARKS.md)")
     bench.add_argument(
         "flows", nargs="*", help="flows measured on the shared input backlog (default: intake); "
-        "stock and alerts have their own modules, see BENCHMARKS.md"
+        "`engine`: every flow together (with --flows, --without, --shoppers, --runs); other "
+        "flows have their own modules, see BENCHMARKS.md"
     )
+    from shopstream.benchmarks import engine
+
+    engine.add_arguments(bench)
     bench.add_argument("--events", type=int, default=1_000_000, help="backlog size (default 1,000,000)")
     bench.add_argument("--processes", dest="bench_processes", type=int, default=1, help="processes per flow")
     bench.add_argument("--scenario", default="double11", help="simulator scenario (default double11)")

@@ -2,7 +2,8 @@
 
 Starts Kafka and Redis, runs every flow with recovery, produces live shop traffic
 (with a sprinkle of malformed events), and prints a live summary read back from
-Redis: input per topic and channel, dead letters, flow health. Stops cleanly at
+Redis: input per topic and channel, dead letters, flow health, and the price watch
+(the traffic includes a `price_war`: rivals undercutting our best sellers). Stops cleanly at
 the end or on Ctrl-C.
 """
 
@@ -55,7 +56,7 @@ def _simulator_command(duration_s: float) -> list[str]:
         "shopstream.cli",
         "simulate",
         "--scenario",
-        "normal,card_testing,brushing",
+        "normal,card_testing,brushing,price_war",
         "--start",
         str(shop_evening_start(time.time()) - DEMO_PREROLL_MS),
         "--preroll",
@@ -140,6 +141,7 @@ def render_summary(client, settings: Settings, processes: list[FlowProcess], sta
     lines.append("  " + _fraud_line(client, settings))
     lines.append("  " + _churn_line(client, settings))
     lines.append("  " + _traffic_line(client, settings))
+    lines.append("  " + _pricing_line(client, settings))
     health = ", ".join(
         f"{p.flow_name}#{p.process_id} {'running' if p.popen.poll() is None else f'exited {p.popen.returncode}'}"
         for p in processes
@@ -189,6 +191,29 @@ def _traffic_line(client, settings: Settings) -> str:
     if not rings:
         return "traffic: no ring found"
     return f"traffic: {rings} rings, {orders} fake orders ({gmv:,.0f} GMV) and {sessions} farm sessions flagged"
+
+
+def _pricing_line(client, settings: Settings) -> str:
+    """SKUs watched against rivals, their suggestions by rule, and the widest undercut."""
+    prefix = settings.redis_key("price:")
+    keys = sorted(client.scan_iter(match=f"{prefix}*", count=1000))
+    if not keys:
+        return "prices: no SKU of ours priced yet"
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    views = [{k.decode(): v.decode() for k, v in fields.items()} for fields in pipe.execute()]
+    rules = Counter(view["suggestion_rule"] for view in views if "suggestion_rule" in view)
+    undercut = [(float(view["gap_pct"]), key.decode()[len(prefix):], view)
+                for key, view in zip(keys, views) if "gap_since_ts" in view]
+    text = (f"prices: {len(views)} SKUs watched, {len(undercut)} undercut; suggestions "
+            + (", ".join(f"{rule} {count}" for rule, count in sorted(rules.items())) or "none"))
+    if undercut:
+        gap, sku, view = max(undercut)
+        text += (f"  (widest: {sku} {view['lowest_rival']} {float(view['lowest_rival_price']):g} vs our "
+                 f"{float(view['own_price']):g}, -{gap:.1f}%: suggest {float(view['suggested_price']):g} "
+                 f"by {view['suggestion_rule']})")
+    return text
 
 
 def _stock_line(client, settings: Settings) -> str:

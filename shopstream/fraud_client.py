@@ -1,7 +1,7 @@
 """The payment service's side of the fraud check: publish, wait, fall back.
 
     client = FraudClient(settings)
-    verdict = client.check(payment)   # payment: the `requested` event as a dict (CONTRACT.md)
+    verdict = client.check(payment)   # payment: the `requested` event as a dict (docs/contract.md)
     if verdict.decision == "approve": authorise()
 
 `check` produces the `requested` payment to the `payments` topic (key `user_id`),

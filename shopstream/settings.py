@@ -165,6 +165,7 @@ class Settings:
     price_sellout_minutes: int = 60
     price_promo_window_s: int = 300
     price_promo_min_skus: int = 10
+    price_foreign_horizon_s: int = 21600
     # order success and refund response (flows/order_success.py, issue 23)
     order_window_s: int = 300
     order_outcome_timeout_s: int = 2400
@@ -478,6 +479,7 @@ _SPECS = (
     _Spec("price_sellout_minutes", "SHOPSTREAM_PRICE_SELLOUT_MINUTES", int, 0),
     _Spec("price_promo_window_s", "SHOPSTREAM_PRICE_PROMO_WINDOW_S", int, 1),
     _Spec("price_promo_min_skus", "SHOPSTREAM_PRICE_PROMO_MIN_SKUS", int, 1),
+    _Spec("price_foreign_horizon_s", "SHOPSTREAM_PRICE_FOREIGN_HORIZON_S", int, 1),
     # order success and refund response (flows/order_success.py)
     _Spec("order_window_s", "SHOPSTREAM_ORDER_WINDOW_S", int, 1),
     _Spec("order_outcome_timeout_s", "SHOPSTREAM_ORDER_OUTCOME_TIMEOUT_S", int, 1),

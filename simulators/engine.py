@@ -1,10 +1,10 @@
 """One simulation run: set up the world, then release events in event-time order.
 
 `generate(...)` returns a `Simulation`; iterating it yields `SimEvent`s
-(topic, Kafka key, JSON value bytes, event time) ordered by `ts` across all four
-topics, with shoppers' visits interleaved. `simulation.truth` fills with ground
-truth as the output passes each record's `ts`; it is complete when iteration
-ends. Iterating again replays the identical run (same bytes, fresh truth).
+(topic, Kafka key, JSON value bytes, event time) ordered by `ts` across all the
+input topics (`prices` only with the `price_war` scenario), with shoppers' visits
+interleaved. `simulation.truth` fills with ground truth as the output passes each
+record's `ts`; it is complete when iteration ends. Iterating again replays the identical run (same bytes, fresh truth).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Simulation:
         encode = dumps
         bad_rate = params.bad_rate
         bad_rng = Random(f"{params.seed}:bad")
-        topic_counts = {"clickstream": 0, "orders": 0, "payments": 0, "inventory": 0}
+        topic_counts = {"clickstream": 0, "orders": 0, "payments": 0, "inventory": 0, "prices": 0}
         last_bucket = (w.end_ms - 1) // BUCKET_MS
         bucket = w.start_ms // BUCKET_MS - 1
         while True:
@@ -96,6 +96,8 @@ class Simulation:
                     value = obj if obj.__class__ is bytes else encode(obj)
                     yield new(SimEvent, (topic, key, value, ts))
                     topic_counts[topic] += 1
+                    if topic == "prices":
+                        continue  # the crawler's feed brings its own noise (glitches, duplicates)
                     if bad_rng.random() < bad_rate:
                         event_id = w.bad_event_id()
                         defect, raw = corrupt(bad_rng, topic, loads(value), event_id)
@@ -157,6 +159,10 @@ def _build_world(params: SimulationParams) -> World:
                           visits_per_min_at=visits_per_min_at)
     for incident in w.plan.incidents:
         w.record(incident)
+    if "price_war" in params.scenarios:
+        from simulators.prices import add_price_war  # it builds SimEvents: imports this module
+
+        add_price_war(w)
     open_stock(w)
     for sale in w.plan.flash_sales:
         w.schedule(sale.start, _flash_start_task, sale)

@@ -13,37 +13,35 @@ each rival is crawled per SKU every 30-120 s with +-1% jitter around its price (
   crawl, single absurd observations (x0.01, x50), duplicated deliveries (same
   `event_id`) and re-crawls (same price, new `event_id`), and rivals undercutting SKUs
   we do not sell.
+
+`shopstream simulate --scenario price_war` runs the feed beside the shop's traffic
+(`add_price_war`): the shop's `WATCHED_SKUS` best sellers are watched, events are
+keyed by SKU, and the truth (`price_undercut`, `price_promo_wave`, and an `incident`
+named `price_war` with the floors, the SKUs we do not sell and the noise counts) goes
+into the run's ground truth.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from random import Random
+from typing import TYPE_CHECKING
 
 import orjson
 
 from simulators.engine import SimEvent
+from simulators.ordering import BUCKET_MS
 from simulators.timeline import MINUTE, SECOND
+from simulators.truth import Incident, PriceUndercut, PromoWave
+
+if TYPE_CHECKING:
+    from simulators.world import World
 
 RIVALS = ("jd", "pdd", "suning")
 PRICES = "prices"
-
-
-@dataclass(frozen=True)
-class PriceUndercut:
-    sku: str
-    rival: str
-    start_ts: int  # the rival's price changed
-    end_ts: int  # ... and went back
-    price: float
-    our_price: float
-
-
-@dataclass(frozen=True)
-class PromoWave:
-    rival: str
-    start_ts: int
-    skus: tuple[str, ...]
+# ASSUMED: operations watch their best sellers, not the whole catalogue; 100 SKUs x 3 rivals
+# crawled every 30-120 s is ~15,000 price events an hour beside the shop's traffic.
+WATCHED_SKUS = 100
 
 
 @dataclass
@@ -60,15 +58,17 @@ class PriceTruth:
 
 def price_feed(skus: list[tuple[str, float]], start_ms: int, duration_ms: int, seed: int = 1,
                price_war: bool = True, undercuts: int = 6, promo_skus: int = 12, foreign: int = 5,
-               own_every_ms: int = 10 * MINUTE) -> tuple[list[SimEvent], PriceTruth]:
+               own_every_ms: int = 10 * MINUTE, id_prefix: str | None = None) -> tuple[list[SimEvent], PriceTruth]:
+    """`id_prefix`: event ids are `{id_prefix}-{n}` (default `p-{seed}`)."""
     rng = Random(f"prices:{seed}")
     truth = PriceTruth()
     end_ms = start_ms + duration_ms
     events: list[tuple[int, str, dict]] = []
     counter = iter(range(10**12))
+    prefix = id_prefix or f"p-{seed}"
 
     def emit(ts: int, body: dict) -> None:
-        body = {"event_id": f"p-{seed}-{next(counter)}", "ts": ts, **body}
+        body = {"event_id": f"{prefix}-{next(counter)}", "ts": ts, **body}
         events.append((ts, body["sku"], body))
 
     own = {sku: round(price, 2) for sku, price in skus}
@@ -91,7 +91,8 @@ def price_feed(skus: list[tuple[str, float]], start_ms: int, duration_ms: int, s
             end = min(end_ms, start + rng.randrange(10 * MINUTE, 20 * MINUTE))
             price = round(own[sku] * rng.uniform(0.80, 0.90), 2)
             plans.setdefault((sku, rival), []).append((start, end, price, None))
-            truth.undercuts.append(PriceUndercut(sku, rival, start, end, price, own[sku]))
+            truth.undercuts.append(PriceUndercut(ts=start, sku=sku, rival=rival, end_ts=end, price=price,
+                                                 our_price=own[sku]))
         promo_rival = rng.choice(RIVALS)
         wave_start = start_ms + duration_ms // 4
         taken = {u.sku for u in truth.undercuts}
@@ -101,7 +102,7 @@ def price_feed(skus: list[tuple[str, float]], start_ms: int, duration_ms: int, s
             price = round(normal[(sku, promo_rival)] * 0.97, 2)
             plans.setdefault((sku, promo_rival), []).append((start, end_ms, price, "double11"))
         if wave:
-            truth.promo_waves.append(PromoWave(promo_rival, wave_start, tuple(wave)))
+            truth.promo_waves.append(PromoWave(ts=wave_start, rival=promo_rival, skus=tuple(wave)))
 
     for (sku, rival), base in normal.items():
         deviations = sorted(plans.get((sku, rival), []))
@@ -142,3 +143,27 @@ def price_feed(skus: list[tuple[str, float]], start_ms: int, duration_ms: int, s
 
     events.sort(key=lambda e: (e[0], e[2]["event_id"]))
     return [SimEvent(PRICES, sku.encode(), orjson.dumps(body), ts) for ts, sku, body in events], truth
+
+
+def watched_skus(w: "World") -> list[tuple[str, float]]:
+    """The shop's best sellers (spot stock, no gift cards), as (sku, our price)."""
+    sellers = sorted((s for s in w.catalog.skus if s.pool == "spot" and s.category != "virtual"),
+                     key=lambda s: (-s.popularity, s.id))
+    return sorted((s.id, s.price) for s in sellers[:WATCHED_SKUS])
+
+
+def add_price_war(w: "World") -> None:
+    """The `price_war` feed of a simulation run: its events into the world's calendar (as
+    JSON bytes keyed by SKU), its truth into the run's truth."""
+    feed, truth = price_feed(watched_skus(w), w.start_ms, w.end_ms - w.start_ms, seed=w.seed,
+                             id_prefix=f"{w.tag}-pr")
+    buckets = w.buckets
+    for event in feed:
+        if event.ts < w.end_ms:  # a re-crawl or dip seconds after the last crawl may fall past the end
+            buckets[event.ts // BUCKET_MS].append((event.ts, PRICES, event.key, event.value))
+    w.record(Incident(ts=w.start_ms, name="price_war", start_ts=w.start_ms, end_ts=w.end_ms, detail={
+        "skus": len(truth.own_prices), "rivals": list(RIVALS), "floors": truth.floors,
+        "foreign_skus": list(truth.foreign_skus), "duplicates": truth.duplicates, "glitches": truth.glitches,
+        "dips": truth.dips}))
+    for record in sorted([*truth.undercuts, *truth.promo_waves], key=lambda r: (r.ts, r.kind)):
+        w.record(record)

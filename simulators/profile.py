@@ -1,6 +1,6 @@
 """Every realistic rate the simulator uses, in one frozen object.
 
-Figures marked PLAYBOOK come from /work/shared/PLAYBOOK-NUMBERS.md (operations
+Figures marked PLAYBOOK come from the playbooks' figures (PLAYBOOK-NUMBERS, operations
 playbooks of large Chinese platforms around Double 11). Figures marked ASSUMED
 are ours where the playbooks are silent; each says what it is calibrated against.
 A test or benchmark that needs a different shop passes `dataclasses.replace(PROFILE, ...)`.

@@ -16,6 +16,9 @@ placed inside the run (roughly its middle third) and clamped to its length.
   (`simulators.traffic_fraud`), among ordinary crowds behind shared NAT addresses.
 - `click_farm`: farm accounts open scripted sessions on a campaign's SKUs without ordering,
   among the same shared-address crowds.
+- `price_war`: the `prices` topic beside the shop: our prices and rivals' crawled prices for
+  the best sellers, with undercuts at known times, a promotion wave and crawler noise
+  (`simulators.prices`, on a random stream of its own).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from simulators.traffic_fraud import Ring, SharedAddresses, plan_rings, shared_a
 from simulators.truth import Incident
 
 SCENARIOS = ("normal", "double11", "flash_sale", "card_testing", "payment_outage", "traffic_drop", "brushing",
-             "click_farm")
+             "click_farm", "price_war")
 TRAFFIC_FRAUD = frozenset({"brushing", "click_farm"})
 
 DOUBLE11_PLATEAU = 10.0  # PLAYBOOK: plan for 5x-10x normal traffic

@@ -20,6 +20,9 @@ records in event-time order as its output passes their `ts`, so a run cut short
 - `fake_order`      an order placed by a brushing ring (`ts` = created), with its SKU,
                     payment time and refund time if the refund falls inside the run.
 - `fake_session`    a click-farm session (`ts` = its first click), with the SKUs viewed.
+- `price_undercut`  (`price_war`) a rival dropped a SKU of ours well under our price:
+                    `ts` = the rival's change (not the crawl that saw it), until `end_ts`.
+- `price_promo_wave`  (`price_war`) a rival started promotions on many of our SKUs.
 """
 
 from __future__ import annotations
@@ -177,8 +180,28 @@ class FakeSession(_Truth):
     skus: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class PriceUndercut(_Truth):
+    kind: ClassVar[str] = "price_undercut"
+    ts: int  # the rival changed its price
+    sku: str
+    rival: str
+    end_ts: int  # ... and went back (or the run ended)
+    price: float
+    our_price: float
+
+
+@dataclass(frozen=True, slots=True)
+class PromoWave(_Truth):
+    kind: ClassVar[str] = "price_promo_wave"
+    ts: int  # the first SKU's promotion may start up to three minutes later
+    rival: str
+    skus: tuple[str, ...]
+
+
 TruthRecord = (CartAbandoned | CartRecovered | FraudPayment | FriendlyChargeback | Stockout
-               | StockRestored | Incident | LapsingCustomer | BadEvent | RingMember | FakeOrder | FakeSession)
+               | StockRestored | Incident | LapsingCustomer | BadEvent | RingMember | FakeOrder | FakeSession
+               | PriceUndercut | PromoWave)
 
 
 class TruthWriter:

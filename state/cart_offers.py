@@ -1,24 +1,20 @@
 """Redis reads and coupon issuing for the abandoned-cart flow, one round trip each per batch.
 
-At decision time the flow needs, for a batch of abandoned carts and redemptions
-(the shopper's value tier rides on the cart: the flow keeps it on event time):
-- which cart items are out of stock now: `stock:{sku}` field `level` == `out`,
-  written by the stock flow;
-- which redeemed coupon codes are our abandoned-cart coupons: `coupon:{code}`
-  field `reason`.
-All of it is read with one pipeline. Coupons are then issued through the shared
-`CouponIssuer` (`state/coupons.py`), which applies the cap and the fraud flag and
-writes each coupon exactly once.
+The shopper's value tier and the cart's out-of-stock items ride on the cart: the flow
+keeps both on event time (its own RFM and stock ledger), so nothing the churn or stock
+flow has written by the wall time of the decision changes it. At decision time the
+flow still needs, for a batch of redemptions, which redeemed coupon codes are our
+abandoned-cart coupons (`coupon:{code}` field `reason`), read with one pipeline.
+Coupons are then issued through the shared `CouponIssuer` (`state/coupons.py`), which
+applies the cap and the fraud flag and writes each coupon exactly once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import redis
 
-from operators.carts import AbandonedCart
 from operators.coupons import Coupon
 from shopstream.settings import Settings
 from state.coupons import CouponIssuer, CouponRules
@@ -26,16 +22,10 @@ from state.outages import OutageGuard, is_redis_transient
 from state.redis_store import connect, redis_guard
 
 
-@dataclass(frozen=True)
-class Lookups:
-    out_of_stock: frozenset[str]  # SKUs whose level is `out` now
-    our_coupons: frozenset[str]  # redeemed codes that are abandoned-cart coupons we issued
-
-
 class OfferPorts(Protocol):
     """What the offers step needs from the outside world (Redis in production)."""
 
-    def lookup(self, carts: list[AbandonedCart], codes: list[str]) -> Lookups: ...
+    def our_coupons(self, codes: list[str]) -> frozenset[str]: ...
 
     def issue(self, coupons: list[Coupon]) -> list[str]: ...
 
@@ -61,29 +51,21 @@ class RedisOfferPorts:
             self._issuer = CouponIssuer(self._client, self._settings.redis_prefix, self._rules, self._guard)
         return self._client
 
-    def lookup(self, carts: list[AbandonedCart], codes: list[str]) -> Lookups:
-        """Which of the carts' items are out of stock now, which redeemed codes are ours."""
-        skus = sorted({sku for cart in carts for sku in cart.skus})
-        if not (skus or codes):
-            return Lookups(frozenset(), frozenset())
+    def our_coupons(self, codes: list[str]) -> frozenset[str]:
+        """Which redeemed codes are abandoned-cart coupons we issued."""
+        if not codes:
+            return frozenset()
         prefix = self._settings.redis_prefix
         client = self._connected()
 
         def read() -> list:
             pipe = client.pipeline(transaction=False)
-            for sku in skus:
-                pipe.hget(f"{prefix}stock:{sku}", "level")
             for code in codes:
                 pipe.hget(f"{prefix}coupon:{code}", "reason")
             return pipe.execute()
 
-        answers = [_text(value) for value in self._guard.call(read, is_redis_transient)]
-        levels = answers[: len(skus)]
-        reasons = answers[len(skus):]
-        return Lookups(
-            out_of_stock=frozenset(sku for sku, level in zip(skus, levels) if level == "out"),
-            our_coupons=frozenset(code for code, reason in zip(codes, reasons) if reason == "abandoned_cart"),
-        )
+        reasons = [_text(value) for value in self._guard.call(read, is_redis_transient)]
+        return frozenset(code for code, reason in zip(codes, reasons) if reason == "abandoned_cart")
 
     def issue(self, coupons: list[Coupon]) -> list[str]:
         if not coupons:

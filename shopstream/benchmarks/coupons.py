@@ -3,6 +3,7 @@
     python -m shopstream.benchmarks.coupons throughput [--events 1500000] [--processes 2]
     python -m shopstream.benchmarks.coupons latency [--rate 10000] [--seconds 60] [--delay-s 20]
     python -m shopstream.benchmarks.coupons memory [--shoppers 10000000]
+    python -m shopstream.benchmarks.coupons stock [--skus 10000] [--hours 2] [--buckets N] [--repeats 3]
 
 - throughput: a backlog of `double11` clickstream and orders drained by the flow
   (`--processes`, recovery on); events/s from the flow's own consumer lag, next to the
@@ -16,6 +17,14 @@
   each adding to a cart, browsing, then ordering, emptying it or leaving it; traced
   bytes per open cart, and traced memory after each tenth of the run (flat = state is
   dropped). A full Kafka run with 10 million shoppers would take hours on this machine.
+- stock: what the buckets' private stock ledgers cost, in process (no Kafka): double11
+  traffic over a catalogue of `--skus` SKUs (clickstream, orders and inventory) through
+  the flow's own triage and every bucket's `CartBook`, CPU time per input event with the
+  stock lines and without them (inventory not read, no lines handed to the books: the
+  flow before the ledgers), alternated `--repeats` times; then one bucket's ledger at the
+  end of the input (traced bytes of an unpickled copy, as a bucket resumed from a
+  snapshot holds it, so every string is its own) and the snapshot of one bucket's book
+  (pickled bytes and time), with and without the ledger.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import statistics
 import tempfile
 import time
 import tracemalloc
+import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +50,7 @@ from state.kafka import CheckedProducer
 from state.redis_store import connect
 from state.serde import dumps, loads
 
-COUPON_TOPICS = ("clickstream", "orders")
+COUPON_TOPICS = ("clickstream", "orders", "inventory")
 
 
 def throughput(settings: Settings, events: int, processes: int, seed: int) -> None:
@@ -107,6 +117,7 @@ def latency(settings: Settings, rate: float, seconds: float, delay_s: int, seed:
 def _synthetic_shoppers(shoppers: int, per_second: int, seed: int, checkpoints: int, on_checkpoint) -> int:
     """Drive one CartBook with synthetic shoppers on event time; returns how many carts were abandoned."""
     from operators.carts import ADD, ORDER_PAID, REMOVE, VIEW, CartBook, CartEvent, CartRules
+    from operators.clock import Progress
 
     rng = random.Random(seed)
     book = CartBook(CartRules())
@@ -130,7 +141,7 @@ def _synthetic_shoppers(shoppers: int, per_second: int, seed: int, checkpoints: 
             batch.append(CartEvent(ts + 40_000, 0, f"e{n}r", user, REMOVE, sku, category, None, None))
         ts += gap_ms
         if len(batch) >= 3000:
-            decided += len(book.add(batch, {source: ts}, 0).abandoned)
+            decided += len(book.add(batch, Progress({source: ts}), 0).abandoned)
             batch = []
         if (n + 1) % every == 0:
             on_checkpoint(n + 1, book)
@@ -172,6 +183,86 @@ def memory(shoppers: int, per_second: int, traced_shoppers: int, seed: int) -> N
     print(f"  {shoppers:,} distinct shoppers, {decided:,} carts abandoned, in {elapsed:.0f} s", flush=True)
 
 
+def _stock_input(skus: int, hours: float, shoppers: int, seed: int) -> list:
+    from simulators.profile import PROFILE
+    from simulators.testing import input_records
+
+    sim = generate(("double11",), seed=seed, duration_ms=int(hours * 3_600_000), shoppers=shoppers,
+                   profile=replace(PROFILE, catalog_size=skus))
+    return input_records(e for e in sim if e.topic in ("clickstream", "orders", "inventory"))
+
+
+def _drive_books(records: list, config, with_stock: bool, batch_size: int = 1000) -> tuple[float, list]:
+    """The flow's triage and every bucket's book over `records`, in input batches, as one
+    worker would run them with a fixed wall clock; returns (CPU seconds, the books)."""
+    from flows.coupons import triage_batch
+    from operators.carts import CartBook
+
+    books = [CartBook(config.rules) for _ in range(config.buckets)]
+    now_ms = records[-1].timestamp_ms
+    gc.collect()
+    started = time.process_time()
+    for start in range(0, len(records), batch_size):
+        for key, batch in triage_batch(records[start:start + batch_size], config, now_ms):
+            books[int(key)].add(batch.events, batch.progress, now_ms, batch.stock_lines if with_stock else ())
+    return time.process_time() - started, books
+
+
+def stock(skus: int, hours: float, shoppers: int, buckets: int | None, repeats: int, seed: int) -> None:
+    from flows.coupons import CouponsConfig
+    from state.snapshots import tune_gc_for_long_lived_state
+
+    tune_gc_for_long_lived_state()  # as the flow process does
+    config = CouponsConfig.from_settings(Settings.from_env())
+    if buckets:
+        config = replace(config, buckets=buckets)
+    records = _stock_input(skus, hours, shoppers, seed)
+    without_inventory = [r for r in records if r.topic != "inventory"]
+    counts = {topic: sum(r.topic == topic for r in records) for topic in ("clickstream", "orders", "inventory")}
+    print(f"coupons stock ledgers: double11, {hours:g} h of event time, {skus:,} SKUs in the catalogue, "
+          f"{config.buckets} buckets; {counts['clickstream']:,} clicks, {counts['orders']:,} order events, "
+          f"{counts['inventory']:,} inventory events", flush=True)
+    with_cpu, without_cpu = [], []
+    books = None
+    for _ in range(repeats):  # alternated, so a change in the machine's load hits both
+        seconds, books = _drive_books(records, config, with_stock=True)
+        with_cpu.append(seconds)
+        without_cpu.append(_drive_books(without_inventory, config, with_stock=False)[0])
+    events = len(without_inventory)  # per click or order event: what the flow read before
+    per_with = statistics.median(with_cpu) / events * 1e6
+    per_without = statistics.median(without_cpu) / events * 1e6
+    print(f"  CPU per click/order event (triage + {config.buckets} books), median of {repeats}: "
+          f"{per_without:.2f} us without the ledgers ({', '.join(f'{s:.2f}' for s in without_cpu)} s), "
+          f"{per_with:.2f} us with them ({', '.join(f'{s:.2f}' for s in with_cpu)} s, inventory included): "
+          f"x{per_with / per_without:.2f}, +{per_with - per_without:.2f} us", flush=True)
+    book = books[0]
+    ledger = book.stock
+    known = sum(1 for name in ledger.skus if ledger.level(name) is not None)
+    blob = pickle.dumps(ledger, protocol=pickle.HIGHEST_PROTOCOL)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    copy = pickle.loads(blob)
+    ledger_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del copy
+    print(f"  one bucket's ledger at the end: {len(ledger.skus):,} SKUs ({known:,} stocked), "
+          f"{ledger.open_orders():,} orders remembered; {ledger_bytes / 2**20:.1f} MB traced "
+          f"= {ledger_bytes / max(1, len(ledger.skus)):,.0f} bytes per SKU; x{config.buckets} buckets: "
+          f"{ledger_bytes * config.buckets / 2**20:.0f} MB per flow", flush=True)
+    stocked, bare = book, pickle.loads(pickle.dumps(book))
+    bare.stock = type(ledger)(ledger.rules)
+    for name, subject in (("with the ledger", stocked), ("without", bare)):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            size = len(pickle.dumps(subject, protocol=pickle.HIGHEST_PROTOCOL))
+            times.append(time.perf_counter() - started)
+        print(f"  snapshot of one bucket's book {name}: {size / 2**20:.2f} MB pickled in "
+              f"{statistics.median(times) * 1000:.0f} ms (median of {repeats}; {book.open_carts():,} open carts)",
+              flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -186,11 +277,20 @@ def main(argv: list[str] | None = None) -> None:
     mem.add_argument("--shoppers", type=int, default=10_000_000)
     mem.add_argument("--per-second", type=int, default=100, help="new shoppers per second of event time")
     mem.add_argument("--traced-shoppers", type=int, default=300_000, help="shoppers of the traced run")
-    for p in (t, lat, mem):
+    st = sub.add_parser("stock")
+    st.add_argument("--skus", type=int, default=10_000, help="SKUs in the simulated catalogue")
+    st.add_argument("--hours", type=float, default=2.0, help="hours of double11 event time")
+    st.add_argument("--shoppers", type=int, default=100_000)
+    st.add_argument("--buckets", type=int, default=None, help="cart buckets (default: SHOPSTREAM_COUPON_BUCKETS)")
+    st.add_argument("--repeats", type=int, default=3)
+    for p in (t, lat, mem, st):
         p.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     if args.what == "memory":
         memory(args.shoppers, args.per_second, args.traced_shoppers, args.seed)
+        return
+    if args.what == "stock":
+        stock(args.skus, args.hours, args.shoppers, args.buckets, args.repeats, args.seed)
         return
     settings = Settings.from_env()
     services.up(settings)

@@ -1,6 +1,6 @@
 """The abandoned-cart coupons flow against the real Redis (the shared issuer's guardrails,
-tiers, stock levels, notes) and end to end on the real broker: kill -9 mid-stream and a
-restart push no coupon twice to `stream:coupons`."""
+tiers and stock levels from the input, notes) and end to end on the real broker: kill -9
+mid-stream and a restart push no coupon twice to `stream:coupons`."""
 
 from __future__ import annotations
 
@@ -33,22 +33,25 @@ def stream_entries(redis_client, settings, key="stream:coupons") -> list[dict]:
             for _, fields in redis_client.xrange(settings.redis_key(key))]
 
 
-def test_guardrails_and_stock_come_from_redis_and_tiers_from_the_orders(settings, redis_client):
+def test_guardrails_come_from_redis_and_tiers_and_stock_from_the_input(settings, redis_client):
     config = CouponsConfig.from_settings(settings)
     config = CouponsConfig(config.max_event_ahead_ms, config.policy, CONFIG.rules, buckets=4,
                            note_ttl_s=config.note_ttl_s)
     # The churn flow already sent u1 a win-back coupon an hour before; the fraud flow flagged u2;
     # u3 is a diamond customer by its paid orders (a stale churn hash says otherwise: the tier
-    # is the shopper's at the cart's deadline, not what Redis holds); u4's item is sold out
-    # (the stock flow's view).
+    # is the shopper's at the cart's deadline, not what Redis holds); u4's item is sold out by
+    # the inventory (the stock flow's `stock:{sku}` says otherwise: the level is the one as of
+    # the deadline, from the input, not what Redis holds at the wall time of the decision).
     client = connect(settings)
     CouponIssuer(client, settings.redis_prefix, CouponRules.from_settings(settings)).issue([Coupon(
         ts=T0 - HOUR, user_id="u1", reason="churn_winback", trigger_id="risk:u1", kind="percent_off", value=20,
         expires_ts=T0 + 48 * HOUR)])
     redis_client.set(settings.redis_key("fraud:flagged:u2"), "1")
     redis_client.hset(settings.redis_key("churn:u3"), mapping={"tier": "bronze", "score": 0.1})
-    redis_client.hset(settings.redis_key("stock:GONE"), mapping={"level": "out", "available": 0})
-    records = (Stream().paid_history(T0 - 2 * HOUR, "u3", orders=12, amount=1_000.0).add(T0, "u1").add(T0, "u2").add(T0, "u3", price=250.0).add(T0, "u4", sku="GONE")
+    redis_client.hset(settings.redis_key("stock:GONE"), mapping={"level": "safe", "available": 40})
+    redis_client.hset(settings.redis_key("stock:A"), mapping={"level": "out", "available": 0})
+    records = (Stream().paid_history(T0 - 2 * HOUR, "u3", orders=12, amount=1_000.0).inventory(T0 - HOUR, "GONE", "set", 0)
+               .add(T0, "u1").add(T0, "u2").add(T0, "u3", price=250.0).add(T0, "u4", sku="GONE")
                .add(T0, "u5").tick(T0 + 2 * HOUR)).records
     kafka_out: list = []
 
@@ -79,7 +82,7 @@ def test_guardrails_and_stock_come_from_redis_and_tiers_from_the_orders(settings
 @pytest.fixture(scope="module")
 def shop_evening():
     sim = generate(("normal",), seed=21, duration_ms=6 * HOUR, shoppers=60_000)
-    events = [e for e in sim if e.topic in ("clickstream", "orders")]
+    events = [e for e in sim if e.topic in ("clickstream", "orders", "inventory")]
     last = events[-1].ts
     # Other traffic hours later on both topics: every open cart's deadline passes on event time.
     tail = Stream().tick(last + 2 * HOUR)
@@ -98,7 +101,7 @@ def test_kill_9_and_restart_push_no_coupon_twice(settings, redis_client, shop_ev
     assert len(expected) > 300
 
     half = len(events) // 2
-    for topic in ("clickstream", "orders"):
+    for topic in ("clickstream", "orders", "inventory"):
         produce(settings, topic, [(e.key, e.value) for e in events[:half] if e.topic == topic])
     processes = start_flow(settings, "coupons")
     wait_until(lambda: len(stream_entries(redis_client, settings)) >= 50, 90, "coupons before the crash")
@@ -107,7 +110,7 @@ def test_kill_9_and_restart_push_no_coupon_twice(settings, redis_client, shop_ev
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait()
 
-    for topic in ("clickstream", "orders"):
+    for topic in ("clickstream", "orders", "inventory"):
         produce(settings, topic, [(e.key, e.value) for e in events[half:] if e.topic == topic])
         produce(settings, topic, [(None, value) for t, _, value in tail if t == topic])
     processes = start_flow(settings, "coupons")

@@ -7,30 +7,31 @@ from bisect import bisect_right
 import orjson
 
 from operators.coupons import Coupon
-from state.cart_offers import Lookups
+from operators.events import OrderEvent
+from operators.stock import StockLedger, StockRules, inventory_line, order_lines
 from state.kafka import InputRecord
+from state.serde import decode_event
 
 DAY_MS = 86_400_000
 
 
 class FakePorts:
-    """Stock levels from a set; the issuer's rules (duplicate, flag, cap) in memory.
+    """The issuer's rules (duplicate, flag, cap) in memory; our coupons are the ones issued.
 
     The real issuer is a Lua script, tested against Redis in tests/integration; this
     keeps flow tests free of Redis. `offered` keeps every coupon the flow asked for."""
 
-    def __init__(self, out_of_stock=(), flagged=(), cap_ms=DAY_MS):
-        self.out_of_stock = set(out_of_stock)
+    def __init__(self, flagged=(), cap_ms=DAY_MS):
         self.flagged = set(flagged)
         self.cap_ms = cap_ms
         self.issued: dict[str, Coupon] = {}
         self.last: dict[str, tuple[str, int]] = {}
         self.offered: list[tuple[Coupon, str]] = []
-        self.lookups: list[tuple[list, list, list]] = []
+        self.lookups: list[list[str]] = []
 
-    def lookup(self, carts, codes):
-        self.lookups.append((carts, codes))
-        return Lookups(frozenset(self.out_of_stock), frozenset(c for c in codes if c in self.issued))
+    def our_coupons(self, codes):
+        self.lookups.append(codes)
+        return frozenset(c for c in codes if c in self.issued)
 
     def issue(self, coupons):
         outcomes = []
@@ -55,40 +56,35 @@ class FakePorts:
 
 
 class StockTimeline:
-    """Out-of-stock SKUs as of a time, from the simulator's stockout / stock_restored truth:
-    what the stock flow's `stock:{sku}` level says at that event time."""
+    """Out-of-stock SKUs as of an event time, by the stock flow's rules: the `stock_level`
+    changes of one ledger fed every order and inventory event in event-time order, as the
+    stock flow's `stock:{sku}` level says once its watermark has reached that time."""
 
-    def __init__(self, truth):
+    def __init__(self, records: list[InputRecord], rules: StockRules | None = None):
+        lines = []
+        for record in records:
+            if record.topic not in ("orders", "inventory"):
+                continue
+            event = decode_event(record.topic, record.value)
+            lines.extend(order_lines(event) if type(event) is OrderEvent else [inventory_line(event)])
+        ledger = StockLedger(rules or StockRules(lateness_ms=0))
         self._changes: dict[str, tuple[list[int], list[bool]]] = {}
-        for record in truth:
-            if record.kind in ("stockout", "stock_restored"):
-                times, outs = self._changes.setdefault(record.sku, ([], []))
-                times.append(record.ts)
-                outs.append(record.kind == "stockout")
+        for change in ledger.apply_through(lines, max((line.ts for line in lines), default=0)).level_changes:
+            times, outs = self._changes.setdefault(change.sku, ([], []))
+            times.append(change.ts)
+            outs.append(change.level == "out")
 
     def out_at(self, sku: str, ts: int) -> bool:
+        """Out of stock as of `ts`: by the changes stamped before it."""
         changes = self._changes.get(sku)
         if changes is None:
             return False
-        index = bisect_right(changes[0], ts)
+        index = bisect_right(changes[0], ts - 1)
         return index > 0 and changes[1][index - 1]
 
 
-class TimelinePorts(FakePorts):
-    """FakePorts whose stock levels follow a StockTimeline at each cart's decision time."""
-
-    def __init__(self, timeline: StockTimeline, **kwargs):
-        super().__init__(**kwargs)
-        self.timeline = timeline
-
-    def lookup(self, carts, codes):
-        looked = super().lookup(carts, codes)
-        out = frozenset(sku for cart in carts for sku in cart.skus if self.timeline.out_at(sku, cart.ts))
-        return Lookups(out, looked.our_coupons)
-
-
 class Stream:
-    """Hand-built input records: clicks and orders on partition 0 of their topics."""
+    """Hand-built input records: clicks, orders and inventory on partition 0 of their topics."""
 
     def __init__(self):
         self.records: list[InputRecord] = []
@@ -111,13 +107,20 @@ class Stream:
         return self.click(ts, user, "add_to_cart", sku=sku, price=price, quantity=quantity, category=category)
 
     def order(self, ts: int, user: str, status: str, order_id: str = "o1", amount: float = 100.0,
-              coupon_code: str | None = None) -> "Stream":
+              coupon_code: str | None = None, sku: str = "A", quantity: int = 1) -> "Stream":
         self._ids += 1
         obj = {"event_id": f"o{self._ids}", "ts": ts, "order_id": order_id, "user_id": user, "status": status,
-               "items": [{"sku": "A", "quantity": 1, "unit_price": amount}], "amount": amount}
+               "items": [{"sku": sku, "quantity": quantity, "unit_price": amount / quantity}], "amount": amount}
         if coupon_code:
             obj["coupon_code"] = coupon_code
         self._add("orders", obj)
+        return self
+
+    def inventory(self, ts: int, sku: str, kind: str, quantity: int, pool: str = "spot") -> "Stream":
+        """An inventory event: `set` a level, `restock` (+quantity) or `adjust` (+/-quantity)."""
+        self._ids += 1
+        self._add("inventory", {"event_id": f"i{self._ids}", "ts": ts, "sku": sku, "kind": kind,
+                                "quantity": quantity, "pool": pool})
         return self
 
     def paid_history(self, ts: int, user: str, orders: int, amount: float, every_ms: int = 7 * DAY_MS) -> "Stream":

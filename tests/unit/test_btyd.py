@@ -50,15 +50,13 @@ def test_day_rows_are_a_weighted_summary_with_the_same_fit():
     assert np.allclose(whole, summarised, rtol=1e-3)
 
 
-def cdnow_summary() -> Path | None:
+def cdnow_summary() -> Path:
+    """The CDNOW customer summary that ships in the `lifetimes` wheel (a test dependency)."""
     spec = importlib.util.find_spec("lifetimes")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "cdnow_customers_summary.csv"
-    return path if path.exists() else None
+    assert spec is not None and spec.submodule_search_locations, "install the test extras: pip install -e '.[test]'"
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "cdnow_customers_summary.csv"
 
 
-@pytest.mark.skipif(cdnow_summary() is None, reason="the CDNOW summary ships in the lifetimes wheel")
 def test_the_published_cdnow_estimates():
     # Fader, Hardie & Lee (2005), 2,357 CDNOW customers over 39 weeks:
     # r 0.243, alpha 4.414 (weeks), a 0.793, b 2.426.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+import zlib
 from collections import defaultdict
 from datetime import timedelta
 
@@ -13,15 +14,16 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from flows.coupons import CouponsConfig, build_flow, recovery_writes, triage_batch
-from operators.clock import Progress
+from operators.clock import PartitionStatus, Progress
 from operators.carts import CartRules
 from operators.coupon_policy import load_policy
+from operators.stock import inventory_line
 from simulators import generate
 from simulators.testing import input_records
 from simulators.timeline import HOUR
 from state.kafka import InputRecord
 from state.redis_store import StreamAddOnce
-from tests.unit.coupon_fakes import DAY_MS, FakePorts, StockTimeline, Stream, TimelinePorts
+from tests.unit.coupon_fakes import DAY_MS, FakePorts, StockTimeline, Stream
 
 MINUTE = 60_000
 DELAY = 30 * MINUTE
@@ -111,10 +113,9 @@ def test_the_offer_follows_the_reason_seen_in_the_session_and_the_tier():
               .add(T0, "comparing").click(T0 + MINUTE, "comparing", "product_view", sku="B", category="shoes")
               .add(T0, "diamond", price=300.0)
               .add(T0, "small", price=10.0)
-              .add(T0, "sold-out", sku="GONE")
+              .inventory(T0 - HOUR, "GONE", "set", 0).add(T0, "sold-out", sku="GONE")
               .tick(T0 + 3 * HOUR))
-    ports = FakePorts(out_of_stock={"GONE"})
-    coupons, metrics, notes, _ = run_coupons(sorted(stream.records, key=lambda r: r.timestamp_ms), ports)
+    coupons, metrics, notes, _ = run_coupons(sorted(stream.records, key=lambda r: r.timestamp_ms))
     by_user = {c["user_id"]: c for c in coupons}
     assert set(by_user) == {"shipping", "free-quote", "comparing", "diamond", "refunder"}
     assert by_user["refunder"]["tier"] == "silver"  # 3,300 paid, 550 refunded: below gold
@@ -131,6 +132,91 @@ def test_the_offer_follows_the_reason_seen_in_the_session_and_the_tier():
     assert note["kind"] == "back_in_stock" and note["skus"] == ["GONE"] and "back in stock" in note["detail"]
     totals = {k: sum(m[k] for m in metrics) for k in ("abandoned", "issued", "notes", "no_offer")}
     assert totals == {"abandoned": 7, "issued": 5, "notes": 1, "no_offer": 1}
+
+
+def _partitions_read(parts: list[list[InputRecord]]) -> list:
+    """The records of each partition in the order given, with the reports the Kafka source
+    makes: every partition has a backlog at the start and is caught up after its last record."""
+    sources = [(part[0].topic, part[0].partition) for part in parts]
+    records: list = [PartitionStatus(topic, partition, False, len(parts)) for topic, partition in sources]
+    for part in parts:
+        records += part + [PartitionStatus(part[0].topic, part[0].partition, True, len(parts))]
+    return records
+
+
+def test_out_of_stock_is_judged_on_the_stock_as_of_the_deadline_however_partitions_interleave():
+    # Every cart's deadline is T0 + 30 min. SOON sells out 10 minutes before it (an order
+    # reserves the last two units); LATER only 15 minutes after it; BACK is restocked before
+    # it; EDGE's last unit goes exactly at the deadline, which is too late to count (as
+    # for cart activity). The level is the stock flow's rule on the input, so it must not
+    # matter whether the inventory partition is read ahead of the carts or behind them.
+    stream = (Stream()
+              .inventory(T0 - HOUR, "SOON", "set", 2).inventory(T0 - HOUR, "LATER", "set", 2)
+              .inventory(T0 - HOUR, "BACK", "set", 0).inventory(T0 - HOUR, "EDGE", "set", 1)
+              .add(T0, "u-soon", sku="SOON").add(T0, "u-later", sku="LATER")
+              .add(T0, "u-back", sku="BACK").add(T0, "u-edge", sku="EDGE")
+              .order(T0 + 10 * MINUTE, "buyer-1", "created", order_id="o-soon", sku="SOON", quantity=2)
+              .inventory(T0 + 20 * MINUTE, "BACK", "restock", 5)
+              .inventory(T0 + DELAY, "EDGE", "adjust", -1)
+              .order(T0 + 45 * MINUTE, "buyer-2", "created", order_id="o-later", sku="LATER", quantity=2)
+              .tick(T0 + 3 * HOUR))
+    by_topic = defaultdict(list)
+    for record in stream.records:
+        by_topic[record.topic].append(record)
+    clicks, orders, inventory = by_topic["clickstream"], by_topic["orders"], by_topic["inventory"]
+    arrivals = {
+        "inventory ahead": _partitions_read([inventory, orders, clicks]),
+        "inventory behind": _partitions_read([clicks, orders, inventory]),
+        "in event time": sorted(stream.records, key=lambda r: r.timestamp_ms),
+    }
+    results = {}
+    for name, records in arrivals.items():
+        for workers, batch_size in ((1, 1), (2, 3)):
+            coupons, _, notes, _ = run_coupons(records, workers=workers, batch_size=batch_size)
+            results[(name, workers, batch_size)] = (
+                sorted(c["user_id"] for c in coupons),
+                sorted((n.fields["user_id"], tuple(orjson.loads(n.fields["note"])["skus"])) for n in notes))
+    expected = (["u-back", "u-edge", "u-later"], [("u-soon", ("SOON",))])
+    assert results == {key: expected for key in results}
+
+
+def test_carts_falling_due_together_are_judged_on_the_stock_at_their_own_deadlines():
+    # Both deadlines pass in one batch, in one bucket (of 8: "busy-2" and "quick" share
+    # one). "busy-2" was first in the deadline heap (it opened first) but stayed active, so
+    # its real deadline (T0 + 40 min) is after "quick"'s (T0 + 35 min); QUICK sells out
+    # between the two, after "quick"'s deadline: "quick" gets a coupon.
+    assert len({zlib.crc32(user) % CONFIG.buckets for user in (b"busy-2", b"quick")}) == 1
+    stream = (Stream().inventory(T0 - HOUR, "QUICK", "set", 1)
+              .add(T0, "busy-2").click(T0 + 10 * MINUTE, "busy-2", "page_view")
+              .add(T0 + 5 * MINUTE, "quick", sku="QUICK")
+              .inventory(T0 + 37 * MINUTE, "QUICK", "adjust", -1)
+              .tick(T0 + 3 * HOUR))
+    coupons, _, notes, _ = run_coupons(sorted(stream.records, key=lambda r: r.timestamp_ms), batch_size=1000)
+    assert sorted(c["user_id"] for c in coupons) == ["busy-2", "quick"] and notes == []
+
+
+def test_a_snapshot_from_before_the_stock_ledger_resumes():
+    import pickle
+
+    from flows.coupons import book_for, cart_event
+    from operators.carts import CartBook
+    from state.inputs import decode_record
+
+    book = CartBook(RULES)
+    events = [cart_event(decode_record(r)) for r in Stream().add(T0, "u1", sku="GONE").records]
+    book.add(events, Progress({("clickstream", 0): T0 + MINUTE}), NOW_MS)
+    # What an older version pickled: no ledger in the book, no stock rules in the rules.
+    old_rules = CartRules.__new__(CartRules)
+    old_rules.__dict__.update({k: v for k, v in vars(RULES).items() if k != "stock"})
+    old = {k: v for k, v in vars(book).items() if k not in ("stock", "stock_pending")}
+    old["rules"] = old_rules
+    book.__dict__ = old
+
+    resumed = book_for(pickle.loads(pickle.dumps(book)), CONFIG, NOW_MS)
+    assert resumed.open_carts() == 1 and resumed.stock.skus == {}
+    lines = [inventory_line(decode_record(r)) for r in Stream().inventory(T0, "GONE", "set", 0).records]
+    out = resumed.add([], Progress({("clickstream", 0): T0 + 2 * HOUR}), NOW_MS, lines)
+    assert [(c.user_id, c.out_of_stock) for c in out.abandoned] == [("u1", ("GONE",))]
 
 
 def test_the_cap_and_the_fraud_flag_are_the_issuers_and_are_reported():
@@ -212,7 +298,7 @@ def test_without_wall_time_passing_a_quiet_stream_decides_nothing():
 @pytest.fixture(scope="module")
 def shop_day():
     sim = generate(("normal",), seed=11, duration_ms=8 * HOUR, shoppers=60_000)
-    records = [r for r in input_records(sim) if r.topic in ("clickstream", "orders")]
+    records = [r for r in input_records(sim) if r.topic in ("clickstream", "orders", "inventory")]
     return records, sim.truth
 
 
@@ -263,6 +349,8 @@ def _activity(records):
     """Per shopper: (ts, what) of every click and order created or paid; and the paid order times."""
     activity, paid = defaultdict(list), defaultdict(list)
     for record in records:
+        if record.topic == "inventory":
+            continue
         event = orjson.loads(record.value)
         status = event.get("status", "click")
         if status in ("click", "created", "paid"):
@@ -277,8 +365,8 @@ def _activity(records):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_every_abandoned_cart_the_policy_allows_gets_exactly_one_coupon(shop_day, workers):
     records, truth = shop_day
-    timeline = StockTimeline(truth)
-    ports = TimelinePorts(timeline)
+    timeline = StockTimeline(records)
+    ports = FakePorts()
     run_coupons(records, ports, workers=workers, batch_size=500)
     last_ts = records[-1].timestamp_ms
     offered = defaultdict(list)  # user -> (opened, last activity, coupon, outcome)

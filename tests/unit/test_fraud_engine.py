@@ -1,4 +1,4 @@
-"""The engine's outputs: decisions as CONTRACT.md, flags, metrics, the spike alert, privacy."""
+"""The engine's outputs: decisions as docs/contract.md, flags, metrics, the spike alert, privacy."""
 
 import logging
 import pickle

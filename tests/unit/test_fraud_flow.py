@@ -1,5 +1,5 @@
 """The fraud flow on TestingSource/TestingSink: one decision per requested payment,
-Redis writes and topics as CONTRACT.md, bad input skipped, checkpoints emitted."""
+Redis writes and topics as docs/contract.md, bad input skipped, checkpoints emitted."""
 
 import orjson
 from bytewax.testing import TestingSink, TestingSource, run_main

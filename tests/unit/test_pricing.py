@@ -56,7 +56,7 @@ def test_every_undercut_raises_one_alert_within_five_minutes_and_nothing_else_do
     assert truth.undercuts and truth.duplicates and truth.glitches and truth.dips
     assert set(fired) == {u.sku for u in truth.undercuts}  # none for noise, dips or foreign SKUs
     for undercut in truth.undercuts:
-        assert 0 <= fired[undercut.sku] - undercut.start_ts <= 5 * MINUTE, undercut
+        assert 0 <= fired[undercut.sku] - undercut.ts <= 5 * MINUTE, undercut
     resolved = {c["key"]: c["ts"] for c in undercuts if not c["active"]}
     for undercut in truth.undercuts:
         if undercut.end_ts < max(r.timestamp_ms for r in records):
@@ -69,7 +69,7 @@ def test_promotion_wave_alerts_once_for_its_rival(price_war):
     promos = [c for c in of_topic(kafka_out, "alert-candidates") if c["rule"] == "price.rival_promo" and c["active"]]
     (wave,) = truth.promo_waves
     assert [c["key"] for c in promos] == [wave.rival]
-    assert 0 <= promos[0]["ts"] - wave.start_ts <= 5 * MINUTE
+    assert 0 <= promos[0]["ts"] - wave.ts <= 5 * MINUTE
     assert set(promos[0]["detail"]["skus"]) <= set(wave.skus)
 
 
@@ -149,3 +149,43 @@ def test_an_undercut_shorter_than_the_hold_raises_nothing():
     feed(watch, [price(T0, "self", 100.0, "e1"), price(T0 + 1, "jd", 80.0, "e2")], T0 + 1)
     out = feed(watch, [price(T0 + 59_000, "jd", 100.0, "e3")], T0 + 120_000)
     assert not out.candidates
+
+
+def test_rival_prices_of_skus_we_never_sell_are_forgotten_after_the_horizon():
+    watch = PriceWatch(PriceRules(lateness_ms=0, foreign_horizon_ms=HOUR))
+    feed(watch, [price(T0, "self", 100.0, "own")], T0)
+    # A crawler covering a rival's whole range: a new SKU of theirs every minute for ten
+    # hours, and one of them (X-regular) crawled every 30 minutes throughout.
+    for minute in range(600):
+        ts = T0 + minute * MINUTE
+        items = [PriceEvent(event_id=f"x{minute}", ts=ts, sku=f"X-{minute}", seller="jd", price=10.0)]
+        if minute % 30 == 0:
+            items.append(PriceEvent(event_id=f"r{minute}", ts=ts, sku="X-regular", seller="jd", price=10.0))
+        feed(watch, items, ts)
+    foreign = {name for name in watch.skus if name.startswith("X-")}
+    assert "X-regular" in foreign and "s1" in watch.skus
+    assert len(foreign) <= 62  # the last hour's (60 or 61) and the regular one, not 600
+    assert len(watch.foreign) == len(foreign)  # one heap entry per SKU kept
+
+
+def test_a_sku_priced_by_us_within_the_horizon_keeps_its_rival_prices():
+    watch = PriceWatch(PriceRules(lateness_ms=0, foreign_horizon_ms=HOUR))
+    feed(watch, [price(T0, "jd", 80.0, "e1")], T0)
+    out = feed(watch, [price(T0 + 30 * MINUTE, "self", 100.0, "e2", floor=50.0)], T0 + 30 * MINUTE)
+    assert [(s.rule, s.suggested_price) for s in out.suggestions] == [("rival.match", 80.0)]
+    feed(watch, [], T0 + 3 * HOUR)
+    assert "s1" in watch.skus  # ours now: kept
+
+
+def test_a_snapshot_from_before_the_horizon_resumes_and_forgets():
+    import pickle
+
+    watch = PriceWatch(PriceRules(lateness_ms=0, foreign_horizon_ms=HOUR))
+    feed(watch, [PriceEvent(event_id="x", ts=T0, sku="X-1", seller="jd", price=10.0)], T0)
+    state = dict(watch.__dict__)
+    del state["foreign"]  # what an older snapshot holds
+    resumed = pickle.loads(pickle.dumps(watch))
+    resumed.__setstate__(state)
+    assert resumed.foreign == [(T0, "X-1")]
+    feed(resumed, [], T0 + HOUR)
+    assert "X-1" not in resumed.skus

@@ -2,6 +2,7 @@
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -268,7 +269,7 @@ def test_a_partition_behind_in_a_backlog_holds_back_forgetting():
     ledger.add(orders, reports({("orders", 0): 3_250_000}, {("orders", 0): True}), NOW_MS + 61_000)
     assert ledger.open_orders() == 0  # nothing applied while inventory holds the clock
     ledger.add([inv(5_000, "set", 100)], reports({("inventory", 0): 5_000}, {("inventory", 0): True}), NOW_MS + 62_000)
-    ledger.advance(NOW_MS + 72_000)  # every partition at its end: quiet wall time passes the last order
+    ledger.advance(NOW_MS + 72_001)  # every partition at its end: quiet wall time passes the last order
     assert numbers(ledger) == (90, 10, 0)
 
 
@@ -296,3 +297,29 @@ def test_the_view_has_exactly_the_contract_fields():
     fields = latest_views(changes)["A"].fields()
     assert set(fields) == {"available", "reserved", "presale_available", "level", "updated_ts"}
     assert fields["updated_ts"] == 10
+
+
+def test_a_line_at_the_watermark_waits_for_its_equals_from_a_slower_partition():
+    """With no lateness, a partition that has reached the watermark may still deliver another
+    line stamped with it. Applied at once, an order reserving the last units at T would turn
+    the SKU `out` (a spurious level change and stock.out candidate) before the `set` at T that
+    a replay reading both together applies first."""
+    rules = replace(RULES, lateness_ms=0)
+    created, restocked = order(100_000, "created", "o1", quantity=3), inv(100_000, "set", 5, event_id="s1")
+    start = reports({("inventory", 0): 1_000, ("orders", 0): 1_000}, {("inventory", 0): False, ("orders", 0): False})
+    at_end = reports({("inventory", 0): 105_000, ("orders", 0): 105_000}, {("inventory", 0): True, ("orders", 0): True})
+
+    def outputs(batches):
+        ledger = StockLedger(rules)
+        changes = [ledger.add([inv(1_000, "set", 3, event_id="s0")], start, NOW_MS)]
+        for lines, latest in batches:
+            changes.append(ledger.add(lines, reports(latest, {}), NOW_MS))
+        changes += [ledger.add([], at_end, NOW_MS), ledger.flush()]
+        return (numbers(ledger), [(c.ts, c.level) for c in changes for c in c.level_changes],
+                [(c.rule, c.active) for c in candidates(changes)], [v.fields() for c in changes for v in c.views])
+
+    together = outputs([([created, restocked], {("orders", 0): 100_000, ("inventory", 0): 100_000})])
+    inventory_later = outputs([([created], {("orders", 0): 100_000, ("inventory", 0): 100_000}),
+                               ([restocked], {("inventory", 0): 100_000})])
+    assert together[0] == (2, 3, 0)
+    assert inventory_later == together

@@ -16,7 +16,7 @@ from simulators.testing import input_records
 from simulators.timeline import HOUR
 from tests.unit.test_stock_ledger import NOW_MS, RULES, candidates, inv, order
 
-NO_LATENESS = replace(RULES, lateness_ms=0)  # lines apply as soon as the batch's progress passes them
+NO_LATENESS = replace(RULES, lateness_ms=0)  # lines apply once the batch's progress is past them
 ODD_VALUES = [None, "", "x", "spot", "presale", "created", "adjust", 0, -1, 1, 2**60, 10**400,
               1.0, 1.5, -0.0, float("nan"), float("inf"), True, False, [], {}]
 
@@ -90,7 +90,7 @@ def test_every_level_change_within_one_batch_is_still_judged():
     lines += [order(1_000 + n, "created", f"o{n}") for n in range(3)]
     lines += [order(2_000, "paid", "o0"), order(2_001, "cancelled", "o1"), order(2_002, "cancelled", "o2")]
     ledger = StockLedger(NO_LATENESS)
-    changes = [ledger.add(lines, Progress({("orders", 0): 2_002}), NOW_MS)]
+    changes = [ledger.add(lines, Progress({("orders", 0): 2_003}), NOW_MS)]
     got = [(c.ts, c.previous_level, c.level) for change in changes for c in change.level_changes]
     assert got == [(1_000, "safe", "warning"), (1_001, "warning", "urgent"), (1_002, "urgent", "out"),
                    (2_001, "out", "urgent"), (2_002, "urgent", "warning")]
@@ -103,9 +103,9 @@ def test_every_level_change_within_one_batch_is_still_judged():
 def test_a_line_that_moves_no_level_input_leaves_the_view_as_judged():
     """A payment moves only `reserved`: the batch's view still shows it, with the judged level."""
     ledger = StockLedger(NO_LATENESS)
-    ledger.add([inv(0, "set", 6, safety=3)], Progress({("orders", 0): 0}), NOW_MS)
+    ledger.add([inv(0, "set", 6, safety=3)], Progress({("orders", 0): 1}), NOW_MS)
     batch = [order(1_000, "created", "o1", 4), order(1_500, "paid", "o1"), order(1_500, "paid", "o1")]
-    changes = ledger.add(batch, Progress({("orders", 0): 1_500}), NOW_MS)
+    changes = ledger.add(batch, Progress({("orders", 0): 1_501}), NOW_MS)
     (view,) = changes.views
     assert (view.available, view.reserved, view.level, view.updated_ts) == (2, 0, "warning", 1_500)
     assert [c.level for c in changes.level_changes] == ["warning"]
@@ -115,14 +115,14 @@ def test_a_ledger_snapshotted_by_the_previous_version_resumes():
     """Older snapshots lack the per-call fields and the waiting lines, and carry the old
     per-partition watermark: the ledger resumes from them under the stream clock."""
     ledger = StockLedger(NO_LATENESS)
-    ledger.add([StockLine("A", 0, "set", "spot", 5, "i0", 1)], Progress({("orders", 0): 0}), NOW_MS)
+    ledger.add([StockLine("A", 0, "set", "spot", 5, "i0", 1)], Progress({("orders", 0): 1}), NOW_MS)
     state = dict(ledger.__dict__)
     for added in ("_event_now", "_sales_recorded", "pending", "applied_until", "next_tick", "unknown_skus"):
         state.pop(added)
     state.update(partitions={("orders", 0): [0, NOW_MS]}, started_wall_ms=NOW_MS)
     old = StockLedger.__new__(StockLedger)
     old.__setstate__(state)
-    changes = old.add([order(10, "created", "o1", 5)], Progress({("orders", 0): 10}), NOW_MS)
+    changes = old.add([order(10, "created", "o1", 5)], Progress({("orders", 0): 11}), NOW_MS)
     assert changes.views[0].level == "out"
 
 
@@ -133,9 +133,9 @@ def test_a_snapshot_is_a_frozen_copy_that_resumes_as_a_ledger():
 
     config = StockConfig(max_event_ahead_ms=3_600_000, rules=NO_LATENESS, buckets=1)
     ledger = StockLedger(NO_LATENESS)
-    ledger.add([inv(0, "set", 5, safety=1)], Progress({("orders", 0): 0}), NOW_MS)
+    ledger.add([inv(0, "set", 5, safety=1)], Progress({("orders", 0): 1}), NOW_MS)
     snapshot = _StockLogic(ledger, lambda: NOW_MS).snapshot()
-    ledger.add([order(10, "created", "o1", 4)], Progress({("orders", 0): 10}), NOW_MS)  # after the snapshot
+    ledger.add([order(10, "created", "o1", 4)], Progress({("orders", 0): 11}), NOW_MS)  # after the snapshot
     for stored in (pickle.loads(pickle.dumps(snapshot)), snapshot):
         resumed = ledger_for(stored, config, NOW_MS)
         assert type(resumed) is StockLedger
