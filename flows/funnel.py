@@ -43,7 +43,8 @@ from operators.funnel import (BucketReport, FunnelBucket, FunnelEvent, FunnelRul
 from operators.funnel_detectors import DropoffConfig, DropoffDetector, PaymentFailureConfig, PaymentFailureDetector
 from operators.funnel_results import AggregatorRules, FunnelAggregator, FunnelOutput
 from shopstream.settings import Settings
-from state.alert_candidates import candidate_message
+from operators.alert_hold import ProgressMarker
+from state.alert_candidates import ProgressMarking, ProgressReporter, Produced, candidate_message
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
@@ -219,6 +220,18 @@ class _AggregatorLogic(StatefulBatchLogic[BucketReport, FunnelOutput, FunnelAggr
         return PickledState.of(self._aggregator)
 
 
+def marked_windows(logic: _AggregatorLogic) -> ProgressMarking:
+    """Candidates tagged, the aggregator's progress after them (the alert router's hold):
+    every window before the oldest bucket's `closed_through` is published."""
+    aggregator = logic._aggregator
+
+    def published_through() -> int | None:
+        closed = aggregator.closed_through
+        return min(closed.values()) if len(closed) >= aggregator.rules.buckets else None
+
+    return ProgressMarking(logic, ProgressReporter("funnel"), published_through, flat=True)
+
+
 def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
     resumed = restored(resumed)
     if resumed is None or resumed.rules.window_ms != config.rules.window_ms:
@@ -238,7 +251,7 @@ def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
 def funnel_outputs(item: FunnelOutput, history_length: int) -> tuple[OutboundMessage, list[RedisWrite]]:
     """Kafka: window results on `metrics`, candidates on `alert-candidates`. Redis: the
     latest result per series (newer window wins) and a capped history; all safe to repeat."""
-    if isinstance(item, AlertCandidate):
+    if isinstance(item, (AlertCandidate, Produced, ProgressMarker)):
         return candidate_message(item), []
     series = item.series
     payload = dumps(item.to_dict())
@@ -268,7 +281,7 @@ def build_flow(
     results = op.stateful_batch(
         "windows",
         op.key_on("all", op.key_rm("unkey", reports), lambda _: "all"),
-        lambda resumed: _AggregatorLogic(aggregator_for(resumed, config)),
+        lambda resumed: marked_windows(_AggregatorLogic(aggregator_for(resumed, config))),
     )
     outputs = op.map("outputs", op.key_rm("unkey_results", results),
                      lambda item: funnel_outputs(item, config.history_length))
