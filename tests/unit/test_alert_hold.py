@@ -194,3 +194,16 @@ def test_the_gate_never_moves_its_release_point_back():
     assert gate.point(NOW_MS) == (True, T0 + 100)
     late = Sourced("fraud", "0", candidate(0, "fraud.spike", "payments"))
     assert gate.offer(late, NOW_MS) is None and gate.dropped == 1
+
+
+def test_a_snapshot_keeps_what_the_hold_holds():
+    """Held candidates are snapshot state (a detail map included)."""
+    import copy
+    import pickle
+
+    state = alerting_for(None, HELD, NOW_MS)
+    held = AlertCandidate(ts=T0, rule="stock.out", key="sku-1", active=True, severity="critical", summary="out",
+                          detail={"suggested_restock": 40})
+    state.step(decode_record(candidate_message(Produced("stock", "0", held)).value), NOW_MS, lambda keys: {})
+    for restored in (copy.deepcopy(state), pickle.loads(pickle.dumps(state))):
+        assert [entry[-1].item for entry in restored.gate.held] == [held]
