@@ -190,7 +190,7 @@ def build_flow(
     batches = op.flat_map_batch("decode", raw, lambda batch: decode_batch(batch, config.max_event_ahead_ms, now_ms()))
     outputs = op.stateful_batch(
         "engine", batches,
-        lambda resumed: marked("fraud", _FraudLogic(engine_for(resumed, config, warm_start, now_ms()), now_ms))
+        lambda resumed: marked("fraud", _FraudLogic(engine_for(resumed, config, warm_start, now_ms()), now_ms), now_ms=now_ms)
     )
     unkeyed = op.key_rm("unkey", outputs)
     # Redis first: the payment service waits on it; the topics are for everyone else.

@@ -186,7 +186,8 @@ def build_flow(
     counts = op.stateful_batch(
         "input_counts",
         op.key_on("all", batch_tallies, lambda _: "all"),
-        lambda resumed: marked(INTAKE, _InputCountLogic(counter_for(resumed, config, now_ms()), now_ms), flat=True),
+        lambda resumed: marked(INTAKE, _InputCountLogic(counter_for(resumed, config, now_ms()), now_ms), flat=True,
+                                now_ms=now_ms),
     )
     outputs = op.map("count_outputs", op.key_rm("unkey", counts), lambda c: count_outputs(c, config.history_length))
     kafka_out = op.merge(

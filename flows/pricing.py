@@ -155,7 +155,8 @@ def build_flow(
     raw = op.input("records", flow, records)
     batches = op.flat_map_batch("triage", raw, lambda batch: triage_batch(batch, config, now_ms()))
     changes = op.stateful_batch(
-        "watch", batches, lambda resumed: marked("pricing", _PricingLogic(watch_for(resumed, config, now_ms()), now_ms))
+        "watch", batches, lambda resumed: marked("pricing", _PricingLogic(watch_for(resumed, config, now_ms()), now_ms),
+                                 now_ms=now_ms)
     )
     outputs = op.map("outputs", op.key_rm("unkey", changes), pricing_outputs)
     op.output("kafka", op.flat_map("messages", outputs, lambda out: out[0]), kafka_sink)

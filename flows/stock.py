@@ -167,7 +167,7 @@ def build_flow(
         "ledger",
         bucket_batches,
         lambda resumed: marked("stock", _StockLogic(ledger_for(resumed, config, now_ms()), now_ms), config.buckets,
-                               shard_of=lambda batch: batch.bucket),
+                               shard_of=lambda batch: batch.bucket, now_ms=now_ms),
     )
     outputs = op.map("outputs", op.key_rm("unkey", changes), stock_outputs)
     op.output("kafka", op.flat_map("messages", outputs, lambda out: out[0]), kafka_sink)

@@ -161,7 +161,8 @@ def build_flow(
     raw = op.input("inputs", flow, records)
     batches = op.flat_map_batch("decode", raw, lambda batch: decode_batch(batch, config.max_event_ahead_ms, now_ms()))
     outputs = op.stateful_batch(
-        "engine", batches, lambda resumed: marked("traffic", _TrafficLogic(engine_for(resumed, config.engine, now_ms()), now_ms))
+        "engine", batches, lambda resumed: marked("traffic", _TrafficLogic(engine_for(resumed, config.engine, now_ms()), now_ms),
+                                  now_ms=now_ms)
     )
     unkeyed = op.filter("nonempty", op.key_rm("unkey", outputs), bool)
     writes_and_messages = op.map("outputs", unkeyed, lambda out: traffic_outputs(out, config))

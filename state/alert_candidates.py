@@ -13,11 +13,18 @@ time) is keyed by its dedup key and applied by the router at once.
 
 A producer flow wraps its stateful step's logic in `ProgressMarking` (one line in its
 `build_flow`); `candidate_message` encodes every kind of record.
+
+Quiet input: a shard steps (and so marks) only when input arrives or its own timers
+are due, which may be minutes apart, and the router would wait for it until the
+producer timeout. So the wrapper also wakes the shard `MARKER_INTERVAL_MS` of wall
+time after its last step: the inner logic advances to its watermark (which moves with
+wall time once every partition is at its end) and the marker follows if it moved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from bytewax.operators import StatefulBatchLogic
@@ -25,13 +32,15 @@ from bytewax.operators import StatefulBatchLogic
 from operators.alert_detectors import InputWindow
 from operators.alert_hold import ProgressMarker, Sourced
 from operators.alerts import AlertCandidate
-from operators.clock import StreamClock
+from operators.clock import Clock, StreamClock, from_ms, wall_clock_ms
 from state.kafka import OutboundMessage
 from state.serde import dumps, loads
 
 TOPIC = "alert-candidates"
 INTAKE = "intake"
 END_OF_STREAM = 2**62  # a marker's ts once a finite input has ended: nothing more will come
+MARKER_INTERVAL_MS = 1_000  # a shard whose watermark moves sends a marker at least this often (wall time)
+UNKNOWN_SHARD = "?"  # a sharded step resumed and not yet told its shard by a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +75,9 @@ class ProgressReporter:
         return Produced(self.producer, self.shard, item) if isinstance(item, (AlertCandidate, dict)) else item
 
     def marker(self, watermark: int | None) -> list[ProgressMarker]:
-        if watermark is None or watermark == self.last_ts:
+        if watermark is None or self.shard == UNKNOWN_SHARD:
+            return []  # a promise under the wrong shard's name would release another shard's records
+        if self.last_ts is not None and watermark <= self.last_ts:
             return []
         self.last_ts = watermark
         return [ProgressMarker(self.producer, self.shard, self.shards, watermark)]
@@ -80,15 +91,23 @@ class ProgressMarking(StatefulBatchLogic):
     timers only up to its watermark). `shard_of` names the shard from a batch (the
     builder is not told its key); without it the producer has one shard. `flat`: the
     step returns candidates among other items (funnel, intake), not objects with a
-    `candidates` list."""
+    `candidates` list. `interval_ms`: wake the inner logic this long (wall time, by
+    `now_ms`) after the last step, so its marker moves on quiet input; None: no wake
+    of its own (the funnel's aggregator steps when its buckets close windows)."""
 
     def __init__(self, inner: StatefulBatchLogic, reporter: ProgressReporter, watermark: Callable[[], int | None],
-                 shard_of: Callable[[Any], str] | None = None, flat: bool = False):
+                 shard_of: Callable[[Any], str] | None = None, flat: bool = False,
+                 now_ms: Clock = wall_clock_ms, interval_ms: int | None = MARKER_INTERVAL_MS):
         self._inner = inner
         self._reporter = reporter
         self._watermark = watermark
         self._shard_of = shard_of
         self._flat = flat
+        self._now_ms = now_ms
+        self._interval_ms = interval_ms
+        self._stepped_ms = now_ms()  # wall time of the last step (or the start)
+        if shard_of is not None:
+            reporter.shard = UNKNOWN_SHARD
 
     def on_batch(self, values):
         if self._shard_of is not None and values:
@@ -97,6 +116,8 @@ class ProgressMarking(StatefulBatchLogic):
         return self._marked(out, self._watermark()), retain
 
     def on_notify(self):
+        # Also the wrapper's own wake: the inner logic advances to its watermark first,
+        # so nothing it will emit is stamped at or before the marker that follows.
         out, retain = self._inner.on_notify()
         return self._marked(out, self._watermark()), retain
 
@@ -104,13 +125,18 @@ class ProgressMarking(StatefulBatchLogic):
         out, retain = self._inner.on_eof()
         return self._marked(out, END_OF_STREAM), retain
 
-    def notify_at(self):
-        return self._inner.notify_at()
+    def notify_at(self) -> datetime | None:
+        inner = self._inner.notify_at()
+        if self._interval_ms is None or self._watermark() is None or self._reporter.shard == UNKNOWN_SHARD:
+            return inner
+        beat = from_ms(self._stepped_ms + self._interval_ms)
+        return beat if inner is None or beat < inner else inner
 
     def snapshot(self):
         return self._inner.snapshot()
 
     def _marked(self, out: Iterable[Any], watermark: int | None) -> list:
+        self._stepped_ms = self._now_ms()
         out = list(out)
         if self._flat:
             return [self._reporter.tag(item) for item in out] + self._reporter.marker(watermark)
@@ -119,15 +145,17 @@ class ProgressMarking(StatefulBatchLogic):
 
 
 def marked(producer: str, logic: StatefulBatchLogic, shards: int = 1,
-             shard_of: Callable[[Any], str] | None = None, flat: bool = False) -> ProgressMarking:
+           shard_of: Callable[[Any], str] | None = None, flat: bool = False,
+           now_ms: Clock = wall_clock_ms, interval_ms: int | None = MARKER_INTERVAL_MS) -> ProgressMarking:
     """`logic` with progress markers from the stream clock of the state it wraps
-    (its watermark: the clock's highest, which never goes back)."""
+    (its watermark: the clock's highest, which never goes back); `now_ms` is the
+    flow's wall clock, for the wake every `interval_ms` on quiet input."""
     clocks = [v.clock for v in vars(logic).values() if isinstance(getattr(v, "clock", None), StreamClock)]
     if len(clocks) != 1:
         raise TypeError(f"{type(logic).__name__} must hold exactly one state with a stream clock")
     clock = clocks[0]
     return ProgressMarking(logic, ProgressReporter(producer, shards=shards), lambda: clock.high_water_ms,
-                           shard_of=shard_of, flat=flat)
+                           shard_of=shard_of, flat=flat, now_ms=now_ms, interval_ms=interval_ms)
 
 
 def candidate_message(item: AlertCandidate | Produced | ProgressMarker) -> OutboundMessage:
