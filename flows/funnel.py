@@ -222,14 +222,11 @@ class _AggregatorLogic(StatefulBatchLogic[BucketReport, FunnelOutput, FunnelAggr
 
 def marked_windows(logic: _AggregatorLogic) -> ProgressMarking:
     """Candidates tagged, the aggregator's progress after them (the alert router's hold):
-    every window before the oldest bucket's `closed_through` is published."""
-    aggregator = logic._aggregator
-
-    def published_through() -> int | None:
-        closed = aggregator.closed_through
-        return min(closed.values()) if len(closed) >= aggregator.rules.buckets else None
-
-    return ProgressMarking(logic, ProgressReporter("funnel"), published_through, flat=True)
+    `FunnelAggregator.stamped_after`, a window ahead of the buckets' `closed_through`.
+    No wake of its own: the promise moves only when buckets close windows, and they
+    wake for that on quiet input."""
+    return ProgressMarking(logic, ProgressReporter("funnel"), logic._aggregator.stamped_after, flat=True,
+                           interval_ms=None)
 
 
 def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
