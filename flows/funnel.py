@@ -220,13 +220,14 @@ class _AggregatorLogic(StatefulBatchLogic[BucketReport, FunnelOutput, FunnelAggr
         return PickledState.of(self._aggregator)
 
 
-def marked_windows(logic: _AggregatorLogic) -> ProgressMarking:
+def marked_windows(logic: _AggregatorLogic, now_ms: Clock = wall_clock_ms) -> ProgressMarking:
     """Candidates tagged, the aggregator's progress after them (the alert router's hold):
     `FunnelAggregator.stamped_after`, a window ahead of the buckets' `closed_through`.
-    No wake of its own: the promise moves only when buckets close windows, and they
-    wake for that on quiet input."""
+    It moves once per window, when the buckets (which wake for that on quiet input)
+    close one, so the same marker is repeated every `MARKER_INTERVAL_MS` in between:
+    the router must not take a funnel that is working for one that is down."""
     return ProgressMarking(logic, ProgressReporter("funnel"), logic._aggregator.stamped_after, flat=True,
-                           interval_ms=None)
+                           now_ms=now_ms, repeat=True)
 
 
 def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
@@ -278,7 +279,7 @@ def build_flow(
     results = op.stateful_batch(
         "windows",
         op.key_on("all", op.key_rm("unkey", reports), lambda _: "all"),
-        lambda resumed: marked_windows(_AggregatorLogic(aggregator_for(resumed, config))),
+        lambda resumed: marked_windows(_AggregatorLogic(aggregator_for(resumed, config)), now_ms),
     )
     outputs = op.map("outputs", op.key_rm("unkey_results", results),
                      lambda item: funnel_outputs(item, config.history_length))

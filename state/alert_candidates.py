@@ -62,22 +62,23 @@ class ProgressReporter:
     shards: int = 1
     last_ts: int | None = None
 
-    def mark(self, outputs: Iterable[Any], watermark: int | None) -> None:
+    def mark(self, outputs: Iterable[Any], watermark: int | None, again: bool = False) -> None:
         """Tag the `candidates` of a step's outputs; the marker goes after the last one's."""
         last = None
         for out in outputs:
             out.candidates[:] = [self.tag(c) for c in out.candidates]
             last = out
         if last is not None:
-            last.candidates.extend(self.marker(watermark))
+            last.candidates.extend(self.marker(watermark, again))
 
     def tag(self, item):
         return Produced(self.producer, self.shard, item) if isinstance(item, (AlertCandidate, dict)) else item
 
-    def marker(self, watermark: int | None) -> list[ProgressMarker]:
+    def marker(self, watermark: int | None, again: bool = False) -> list[ProgressMarker]:
+        """The marker if the watermark moved; with `again`, also the same one once more."""
         if watermark is None or self.shard == UNKNOWN_SHARD:
             return []  # a promise under the wrong shard's name would release another shard's records
-        if self.last_ts is not None and watermark <= self.last_ts:
+        if self.last_ts is not None and (watermark < self.last_ts or (watermark == self.last_ts and not again)):
             return []
         self.last_ts = watermark
         return [ProgressMarker(self.producer, self.shard, self.shards, watermark)]
@@ -93,11 +94,13 @@ class ProgressMarking(StatefulBatchLogic):
     step returns candidates among other items (funnel, intake), not objects with a
     `candidates` list. `interval_ms`: wake the inner logic this long (wall time, by
     `now_ms`) after the last step, so its marker moves on quiet input; None: no wake
-    of its own (the funnel's aggregator steps when its buckets close windows)."""
+    of its own. `repeat`: on that wake, send the marker again even if it has not moved
+    (the funnel's aggregator, whose promise moves once per window while its buckets
+    work: without it the router would take it for down after the producer timeout)."""
 
     def __init__(self, inner: StatefulBatchLogic, reporter: ProgressReporter, watermark: Callable[[], int | None],
                  shard_of: Callable[[Any], str] | None = None, flat: bool = False,
-                 now_ms: Clock = wall_clock_ms, interval_ms: int | None = MARKER_INTERVAL_MS):
+                 now_ms: Clock = wall_clock_ms, interval_ms: int | None = MARKER_INTERVAL_MS, repeat: bool = False):
         self._inner = inner
         self._reporter = reporter
         self._watermark = watermark
@@ -105,6 +108,7 @@ class ProgressMarking(StatefulBatchLogic):
         self._flat = flat
         self._now_ms = now_ms
         self._interval_ms = interval_ms
+        self._repeat = repeat
         self._stepped_ms = now_ms()  # wall time of the last step (or the start)
         if shard_of is not None:
             reporter.shard = UNKNOWN_SHARD
@@ -118,8 +122,10 @@ class ProgressMarking(StatefulBatchLogic):
     def on_notify(self):
         # Also the wrapper's own wake: the inner logic advances to its watermark first,
         # so nothing it will emit is stamped at or before the marker that follows.
+        again = self._repeat and self._interval_ms is not None and (
+            self._now_ms() - self._stepped_ms >= self._interval_ms)
         out, retain = self._inner.on_notify()
-        return self._marked(out, self._watermark()), retain
+        return self._marked(out, self._watermark(), again), retain
 
     def on_eof(self):
         out, retain = self._inner.on_eof()
@@ -135,12 +141,12 @@ class ProgressMarking(StatefulBatchLogic):
     def snapshot(self):
         return self._inner.snapshot()
 
-    def _marked(self, out: Iterable[Any], watermark: int | None) -> list:
+    def _marked(self, out: Iterable[Any], watermark: int | None, again: bool = False) -> list:
         self._stepped_ms = self._now_ms()
         out = list(out)
         if self._flat:
-            return [self._reporter.tag(item) for item in out] + self._reporter.marker(watermark)
-        self._reporter.mark(out, watermark)
+            return [self._reporter.tag(item) for item in out] + self._reporter.marker(watermark, again)
+        self._reporter.mark(out, watermark, again)
         return out
 
 

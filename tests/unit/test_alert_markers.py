@@ -16,7 +16,9 @@ import pytest
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from flows import fraud, funnel, intake, order_success, pricing, stock, traffic
+from flows.alerts import AlertsConfig, alerting_for
 from operators.alert_hold import ProgressMarker
+from operators.alert_router import AlertMessage, RouterConfig
 from operators.alerts import AlertCandidate
 from operators.funnel import BucketReport, WindowPartial
 from operators.funnel_detectors import PaymentFailureDetector
@@ -25,7 +27,8 @@ from shopstream.settings import Settings
 from simulators import generate
 from simulators.testing import input_records
 from simulators.timeline import HOUR
-from state.alert_candidates import END_OF_STREAM, ProgressMarking, ProgressReporter
+from state.alert_candidates import (END_OF_STREAM, MARKER_INTERVAL_MS, ProgressMarking, ProgressReporter,
+                                   candidate_message, decode_record)
 
 MINUTE = 60_000
 SETTINGS = Settings.from_env({})
@@ -113,6 +116,14 @@ def test_no_producer_stamps_a_candidate_at_or_before_a_marker_it_sent(name, pace
 # -- the funnel's promise ------------------------------------------------------------------
 
 
+class WallClock:
+    def __init__(self, now: int):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
 T0 = 1_763_683_200_000  # a minute boundary
 
 
@@ -141,6 +152,21 @@ def test_the_funnel_promises_up_to_the_end_of_the_next_window_to_close():
     assert fired.rule == "payment.failure_rate" and fired.ts == T0 + 2 * MINUTE > marker.ts
 
 
+def test_between_windows_the_funnel_repeats_its_marker_every_interval():
+    """Its promise moves once per window; the router takes a producer silent for its
+    timeout (60 s, about a window) for down, so the funnel says every second it is there."""
+    clock = WallClock(T0)
+    aggregator = FunnelAggregator(AggregatorRules(1, window_ms=MINUTE, rolling_ms=3 * MINUTE))
+    windows = funnel.marked_windows(funnel._AggregatorLogic(aggregator), clock)
+    out, _ = windows.on_batch([BucketReport("0", T0 + MINUTE, [])])
+    (first,) = [item.ts for item in out if isinstance(item, ProgressMarker)]
+    assert int(windows.notify_at().timestamp() * 1000) == T0 + MARKER_INTERVAL_MS
+    for second in range(1, 59):
+        clock.now = T0 + second * 1_000
+        out, _ = windows.on_notify()
+        assert [item.ts for item in out if isinstance(item, ProgressMarker)] == [first]
+
+
 def test_the_funnel_holds_its_promise_until_every_bucket_reported_and_promises_all_at_the_end():
     windows = funnel_windows()
     out, _ = windows.on_batch([BucketReport("0", T0 + 5 * MINUTE, [])])
@@ -150,14 +176,6 @@ def test_the_funnel_holds_its_promise_until_every_bucket_reported_and_promises_a
 
 
 # -- markers on quiet input ----------------------------------------------------------------
-
-
-class WallClock:
-    def __init__(self, now: int):
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
 
 
 def quiet_stock(clock: WallClock) -> ProgressMarking:
@@ -214,3 +232,51 @@ def test_a_resumed_shard_sends_no_marker_before_a_batch_names_it():
     clock.now = T0 + 5_000
     assert markers_in(resumed.on_notify()[0]) == []  # it would speak for shard "0", whichever it is
     assert resumed.notify_at() == resumed._inner.notify_at()
+
+
+def quiet_shop_escalations(interval_ms: int | None) -> list[int]:
+    """Wall times of `escalated` messages for a critical stock.out raised just before a
+    single-shard stock producer goes quiet, the router holding for it; 60 s of wall time."""
+    clock = WallClock(T0)
+    config = stock.StockConfig.from_settings(SETTINGS)
+    logic = stock.marked("stock", stock._StockLogic(stock.ledger_for(None, config, clock()), clock), 1,
+                         shard_of=lambda batch: batch.bucket, now_ms=clock, interval_ms=interval_ms)
+    records = input_records(generate(("normal",), seed=1, duration_ms=MINUTE, shoppers=1_000))
+    ((_, batch),) = [b for b in stock.triage_batch([r for r in records if r.topic == "inventory"][:1], config,
+                                                   clock()) if b[1].lines]
+    router = alerting_for(None, AlertsConfig(router=RouterConfig(escalate_after_ms=20_000, reminder_ms=0),
+                                             producers=("stock",), producer_timeout_ms=60_000), clock())
+    no_acks = lambda keys: {}  # noqa: E731
+    escalated = []
+
+    def deliver(outputs):
+        for changes in outputs:
+            for item in changes.candidates:
+                for out in router.step(decode_record(candidate_message(item).value), clock(), no_acks):
+                    if isinstance(out, AlertMessage) and out.status == "escalated":
+                        escalated.append(clock())
+
+    outputs, _ = logic.on_batch([batch])
+    out_of_stock = AlertCandidate(ts=logic._reporter.last_ts + 1, rule="stock.out", key="sku-quiet", active=True,
+                                  severity="critical", summary="sku-quiet is out of stock")
+    outputs[-1].candidates.insert(0, logic._reporter.tag(out_of_stock))
+    deliver(outputs)
+    while clock.now < T0 + MINUTE:
+        clock.now += 100
+        wake = logic.notify_at()
+        if wake is not None and wake.timestamp() * 1000 <= clock.now:
+            deliver(logic.on_notify()[0])
+        wake = router.next_wake_ms(clock.now)
+        if wake is not None and wake <= clock.now:
+            for out in router.advance(clock.now, no_acks):
+                if isinstance(out, AlertMessage) and out.status == "escalated":
+                    escalated.append(clock.now)
+    return escalated
+
+
+def test_a_quiet_shop_escalates_on_time_not_after_the_producer_timeout():
+    (at,) = quiet_shop_escalations(MARKER_INTERVAL_MS)
+    # Escalation is due 20 s of event time after the candidate (stamped at the shard's
+    # watermark when the input stopped); the watermark moves with wall time from then.
+    assert T0 + 20_000 <= at <= T0 + 20_000 + MARKER_INTERVAL_MS + 200
+    assert quiet_shop_escalations(None) == []  # without the wake: held until the producer times out
