@@ -14,6 +14,11 @@ Both stateful steps hold one key (`all`): the whole alert volume is small (a sto
 of 100,000 candidates a minute is ~1,700/s, coalesced per batch), and one owner
 gives one stream-wide event-time clock for escalations and reminders.
 
+With expected producers (`SHOPSTREAM_ALERT_PRODUCERS`, set by `shopstream run`) the
+router holds what they send and applies it in event-time order up to their progress
+markers (`operators/alert_hold.py`); the intake's input windows then come from
+`alert-candidates` too (keyed `intake`, with markers) instead of `metrics`.
+
 Run it the Bytewax way: `python -m bytewax.run flows.alerts:flow -r DIR -s 5 -b 0`.
 """
 
@@ -58,7 +63,10 @@ from operators.alert_router import (
 from operators.alerts import AlertCandidate
 from operators.clock import Clock, from_ms, wall_clock_ms
 from shopstream.settings import Settings
+from operators.alert_hold import ProgressMarker, ReleaseGate, Sourced
+from state.alert_candidates import INTAKE
 from state.alert_candidates import TOPIC as CANDIDATES_TOPIC
+from state.alert_candidates import decode_record as decode_candidate_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import (
     DeleteHashField,
@@ -97,6 +105,8 @@ class AlertsConfig:
     lag: LagConfig = field(default_factory=LagConfig)
     lag_endpoints: tuple[tuple[str, int], ...] = ()  # (flow name, dataflow API port on loopback)
     lag_poll_ms: int = 5_000
+    producers: tuple[str, ...] = ()  # flows whose progress markers the router waits for; () = no hold
+    producer_timeout_ms: int = 60_000  # an expected producer silent this long (wall time) is down
     # `stream:alerts` dedupe keys must outlive the longest replay after a crash.
     stream_dedupe_ttl_s: int = 7 * 24 * 3600
     stream_max_len: int = 100_000
@@ -118,6 +128,8 @@ class AlertsConfig:
                 sustain_ms=settings.alert_lag_sustain_s * 1000,
             ),
             lag_endpoints=lag_endpoints(settings),
+            producers=settings.alert_producer_names,
+            producer_timeout_ms=settings.alert_producer_timeout_s * 1000,
         )
 
 
@@ -130,11 +142,12 @@ def lag_endpoints(settings: Settings) -> tuple[tuple[str, int], ...]:
 
 # -- decoding ---------------------------------------------------------------------------------
 
-Decoded = AlertCandidate | InputWindow
+Decoded = AlertCandidate | InputWindow | Sourced | ProgressMarker
 
 
 def decode_batch(records: list[InputRecord]) -> list[Decoded]:
-    """Candidates and input windows; anything else on these topics is skipped.
+    """Candidates (bare or with their producer), progress markers and input windows;
+    anything else on these topics is skipped.
 
     Both topics are written by our own flows: a record that does not decode is a
     bug to log, never a reason to stop paging."""
@@ -143,10 +156,11 @@ def decode_batch(records: list[InputRecord]) -> list[Decoded]:
         if not isinstance(record, InputRecord):
             continue  # a source's partition report: this router's clock follows event times only
         try:
-            obj = loads(record.value)
             if record.topic == CANDIDATES_TOPIC:
-                out.append(AlertCandidate.from_dict(obj))
-            elif obj.get("metric") == "input":
+                out.append(decode_candidate_record(record.value))
+                continue
+            obj = loads(record.value)
+            if obj.get("metric") == "input":
                 out.append(InputWindow.from_dict(obj))
         except Exception as err:  # noqa: BLE001 - any malformed record is skipped, loudly
             log.warning("skipping unusable %s record %d:%d: %s", record.topic, record.partition, record.offset, err)
@@ -223,6 +237,78 @@ def router_outputs(item: RouterOutput, config: AlertsConfig) -> tuple[list[Outbo
 class AlertingState:
     detectors: InputDetectors
     router: AlertRouter
+    gate: ReleaseGate | None = None  # the hold, when producers are expected
+
+    def step(self, value: Decoded | LagSample, now: int, acks: AckLookup) -> list[RouterOutput]:
+        """One input item; the router's outputs, in order."""
+        gate = self.gate
+        if gate is None or not gate.enabled:
+            return self._unheld(value, now, acks)
+        ungrouped: list[AlertCandidate] = []
+        at_once: list[AlertCandidate] = []
+        if isinstance(value, (ProgressMarker, Sourced)):
+            if isinstance(value, Sourced) and isinstance(value.item, InputWindow) and INTAKE not in gate.expected:
+                return []  # the router uses the intake's windows from `metrics` then
+            late = gate.offer(value, now)
+            if late is not None:
+                at_once = self._candidates(late, now)
+        elif isinstance(value, AlertCandidate):
+            ungrouped = [value]  # no producer: the runner's `engine.flow_down`, on wall time
+        elif isinstance(value, InputWindow):
+            if INTAKE in gate.expected:
+                return []  # it comes on `alert-candidates`, in order, with the intake's markers
+            at_once = self.detectors.add([value], now)  # outside the hold, as without one
+        else:
+            ungrouped = self.detectors.add([value], now)  # lag, on wall time
+        return self.release(now, acks, at_once, ungrouped)
+
+    def release(self, now: int, acks: AckLookup, at_once=(), ungrouped=()) -> list[RouterOutput]:
+        gate = self.gate
+        held, point = gate.point(now)
+        if not held:
+            # Every expected producer is down: the router's own clock, as without a hold.
+            items = [c for s in gate.release_all() for c in self._candidates(s, now)]
+            out = self.router.add([*ungrouped, *at_once, *items], now, acks)
+            horizon = self.router.clock.high_water_ms
+            if horizon is not None:
+                gate.pass_to(horizon)
+            return out
+        items = [c for s in gate.release(point) for c in self._candidates(s, now)]
+        return self.router.release(items, point, now, acks, at_once=at_once, ungrouped=ungrouped)
+
+    def _candidates(self, sourced: Sourced, now: int) -> list[AlertCandidate]:
+        if isinstance(sourced.item, InputWindow):
+            return self.detectors.add([sourced.item], now)
+        return [sourced.item]
+
+    def _unheld(self, value: Decoded | LagSample, now: int, acks: AckLookup) -> list[RouterOutput]:
+        if isinstance(value, ProgressMarker):
+            return []
+        if isinstance(value, Sourced):
+            if isinstance(value.item, InputWindow):
+                return []  # the intake's copy for a hold; the router reads `metrics`
+            value = value.item
+        if isinstance(value, AlertCandidate):
+            return self.router.add([value], now, acks)
+        router_input: list[AlertCandidate | StreamTick] = list(self.detectors.add([value], now))
+        if isinstance(value, InputWindow):
+            # Closed input windows carry the stream's event time to the router even
+            # when no candidate arrives, so escalations and reminders keep event time.
+            router_input.append(StreamTick(value.window_end))
+        return self.router.add(router_input, now, acks)
+
+    def advance(self, now: int, acks: AckLookup) -> list[RouterOutput]:
+        if self.gate is None or not self.gate.enabled:
+            return self.router.advance(now, acks)
+        return self.release(now, acks)
+
+    def next_wake_ms(self, now: int) -> int | None:
+        gate = self.gate
+        if gate is None or not gate.enabled:
+            return self.router.next_wake_ms(now)
+        held, _ = gate.point(now)
+        # Held: only markers move the release point, or a producer timing out.
+        return gate.next_timeout_ms() if held else self.router.next_wake_ms(now)
 
 
 class _AlertingLogic(StatefulBatchLogic[Decoded | LagSample, RouterOutput, AlertingState]):
@@ -242,25 +328,17 @@ class _AlertingLogic(StatefulBatchLogic[Decoded | LagSample, RouterOutput, Alert
         now = self._now_ms()
         out: list[RouterOutput] = []
         for value in values:
-            if isinstance(value, AlertCandidate):
-                router_input: list[AlertCandidate | StreamTick] = [value]
-            else:
-                router_input = self._state.detectors.add([value], now)
-                if isinstance(value, InputWindow):
-                    # Closed input windows carry the stream's event time to the router even
-                    # when no candidate arrives, so escalations and reminders keep event time.
-                    router_input.append(StreamTick(value.window_end))
-            out.extend(self._state.router.add(router_input, now, self._acks))
+            out.extend(self._state.step(value, now, self._acks))
         return coalesce(out), self.RETAIN
 
     def on_notify(self):
-        return self._state.router.advance(self._now_ms(), self._acks), self.RETAIN
+        return self._state.advance(self._now_ms(), self._acks), self.RETAIN
 
     def on_eof(self):
-        return self._state.router.advance(self._now_ms(), self._acks), self.RETAIN
+        return self._state.advance(self._now_ms(), self._acks), self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        wake = self._state.router.next_wake_ms(self._now_ms())
+        wake = self._state.next_wake_ms(self._now_ms())
         return None if wake is None else from_ms(wake)
 
     def snapshot(self) -> AlertingState:
@@ -271,7 +349,17 @@ def alerting_for(resumed: AlertingState | None, config: AlertsConfig, now_ms: in
     return AlertingState(
         detectors=detectors_for(resumed.detectors if resumed else None, config, now_ms),
         router=router_for(resumed.router if resumed else None, config, now_ms),
+        gate=gate_for(getattr(resumed, "gate", None), config, now_ms),
     )
+
+
+def gate_for(resumed: ReleaseGate | None, config: AlertsConfig, now_ms: int) -> ReleaseGate:
+    """The hold under the current producers; a resumed one keeps what it holds and knows."""
+    if resumed is None:
+        return ReleaseGate.start(config.producers, config.producer_timeout_ms, now_ms)
+    resumed.configure(config.producers, config.producer_timeout_ms)
+    resumed.resume(now_ms)
+    return resumed
 
 
 def router_for(resumed: AlertRouter | None, config: AlertsConfig, now_ms: int) -> AlertRouter:

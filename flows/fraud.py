@@ -44,7 +44,7 @@ from operators.fraud_features import DAY_MS
 from operators.fraud_rules import FraudRules
 from operators.pseudonym import Pseudonymizer
 from shopstream.settings import ConfigError, Settings
-from state.alert_candidates import candidate_message
+from state.alert_candidates import candidate_message, marked
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.model_checkpoints import CheckpointSink, ModelStore
@@ -189,7 +189,8 @@ def build_flow(
     raw = op.input("payments", flow, records)
     batches = op.flat_map_batch("decode", raw, lambda batch: decode_batch(batch, config.max_event_ahead_ms, now_ms()))
     outputs = op.stateful_batch(
-        "engine", batches, lambda resumed: _FraudLogic(engine_for(resumed, config, warm_start, now_ms()), now_ms)
+        "engine", batches,
+        lambda resumed: marked("fraud", _FraudLogic(engine_for(resumed, config, warm_start, now_ms()), now_ms), now_ms=now_ms)
     )
     unkeyed = op.key_rm("unkey", outputs)
     # Redis first: the payment service waits on it; the topics are for everyone else.

@@ -43,7 +43,8 @@ from operators.funnel import (BucketReport, FunnelBucket, FunnelEvent, FunnelRul
 from operators.funnel_detectors import DropoffConfig, DropoffDetector, PaymentFailureConfig, PaymentFailureDetector
 from operators.funnel_results import AggregatorRules, FunnelAggregator, FunnelOutput
 from shopstream.settings import Settings
-from state.alert_candidates import candidate_message
+from operators.alert_hold import ProgressMarker
+from state.alert_candidates import ProgressMarking, ProgressReporter, Produced, candidate_message
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
@@ -219,6 +220,16 @@ class _AggregatorLogic(StatefulBatchLogic[BucketReport, FunnelOutput, FunnelAggr
         return PickledState.of(self._aggregator)
 
 
+def marked_windows(logic: _AggregatorLogic, now_ms: Clock = wall_clock_ms) -> ProgressMarking:
+    """Candidates tagged, the aggregator's progress after them (the alert router's hold):
+    `FunnelAggregator.stamped_after`, a window ahead of the buckets' `closed_through`.
+    It moves once per window, when the buckets (which wake for that on quiet input)
+    close one, so the same marker is repeated every `MARKER_INTERVAL_MS` in between:
+    the router must not take a funnel that is working for one that is down."""
+    return ProgressMarking(logic, ProgressReporter("funnel"), logic._aggregator.stamped_after, flat=True,
+                           now_ms=now_ms, repeat=True)
+
+
 def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
     resumed = restored(resumed)
     if resumed is None or resumed.rules.window_ms != config.rules.window_ms:
@@ -238,7 +249,7 @@ def aggregator_for(resumed, config: FunnelConfig) -> FunnelAggregator:
 def funnel_outputs(item: FunnelOutput, history_length: int) -> tuple[OutboundMessage, list[RedisWrite]]:
     """Kafka: window results on `metrics`, candidates on `alert-candidates`. Redis: the
     latest result per series (newer window wins) and a capped history; all safe to repeat."""
-    if isinstance(item, AlertCandidate):
+    if isinstance(item, (AlertCandidate, Produced, ProgressMarker)):
         return candidate_message(item), []
     series = item.series
     payload = dumps(item.to_dict())
@@ -268,7 +279,7 @@ def build_flow(
     results = op.stateful_batch(
         "windows",
         op.key_on("all", op.key_rm("unkey", reports), lambda _: "all"),
-        lambda resumed: _AggregatorLogic(aggregator_for(resumed, config)),
+        lambda resumed: marked_windows(_AggregatorLogic(aggregator_for(resumed, config)), now_ms),
     )
     outputs = op.map("outputs", op.key_rm("unkey_results", results),
                      lambda item: funnel_outputs(item, config.history_length))

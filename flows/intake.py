@@ -3,7 +3,9 @@
 The one flow that publishes dead letters, so each bad event appears in
 `dead-letters` once however many flows read its topic (the others drop what they
 cannot decode). Its per-window input counts per topic and per clickstream
-channel are the basis of the traffic alerts.
+channel are the basis of the traffic alerts; they also go to `alert-candidates`
+(keyed `intake`, each followed by the counter's progress marker), so the alert
+router orders them with every other producer's candidates (README: alerts).
 
 Run it the Bytewax way: `python -m bytewax.run flows.intake:flow -r DIR -s 5 -b 0`.
 """
@@ -25,6 +27,8 @@ from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_cloc
 from operators.dead_letters import DeadLetter
 from operators.input_counts import InputCount, InputCounter, InputTallies, tally_batch
 from shopstream.settings import INPUT_TOPICS, Settings
+from operators.alert_hold import ProgressMarker
+from state.alert_candidates import INTAKE, Produced, candidate_message, marked
 from state.inputs import DEFAULT_RAW_LIMIT, decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import AddToHistory, RedisSink, RedisWrite, SetLatest
@@ -80,6 +84,15 @@ def input_count_outputs(count: InputCount, history_length: int) -> tuple[Outboun
         SetLatest(count.series, count.window_end, payload),
         AddToHistory(f"{count.series}:history", count.window_start, payload, history_length),
     ]
+
+
+def count_outputs(item: InputCount | ProgressMarker, history_length: int) -> tuple[list[OutboundMessage], list[RedisWrite]]:
+    """An input window on `metrics` and Redis, and its copy for the alert router; or the
+    counter's progress marker after them."""
+    if isinstance(item, ProgressMarker):
+        return [candidate_message(item)], []
+    message, writes = input_count_outputs(item, history_length)
+    return [message, candidate_message(Produced(INTAKE, "0", input_count_record(item)))], writes
 
 
 @dataclass(frozen=True)
@@ -173,15 +186,14 @@ def build_flow(
     counts = op.stateful_batch(
         "input_counts",
         op.key_on("all", batch_tallies, lambda _: "all"),
-        lambda resumed: _InputCountLogic(counter_for(resumed, config, now_ms()), now_ms),
+        lambda resumed: marked(INTAKE, _InputCountLogic(counter_for(resumed, config, now_ms()), now_ms), flat=True,
+                                now_ms=now_ms),
     )
-    outputs = op.map(
-        "count_outputs", op.key_rm("unkey", counts), lambda c: input_count_outputs(c, config.history_length)
-    )
+    outputs = op.map("count_outputs", op.key_rm("unkey", counts), lambda c: count_outputs(c, config.history_length))
     kafka_out = op.merge(
         "kafka_out",
         op.map("dead_letter_msg", dead_letters, dead_letter_message),
-        op.map("count_msg", outputs, lambda out: out[0]),
+        op.flat_map("count_msg", outputs, lambda out: out[0]),
     )
     op.output("kafka", kafka_out, kafka_sink)
     op.output("redis", op.flat_map("count_writes", outputs, lambda out: out[1]), redis_sink)

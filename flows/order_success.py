@@ -29,7 +29,7 @@ from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_cloc
 from operators.events import OrderEvent, PaymentEvent
 from operators.order_success import OrderChanges, OrderRules, OrderSuccess
 from shopstream.settings import ConfigError, Settings
-from state.alert_candidates import candidate_message
+from state.alert_candidates import candidate_message, marked
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import RedisSink, RedisWrite, SetLatest
@@ -152,7 +152,8 @@ def build_flow(
     raw = op.input("records", flow, records)
     batches = op.flat_map_batch("triage", raw, lambda batch: triage_batch(batch, config, now_ms()))
     changes = op.stateful_batch(
-        "tracker", batches, lambda resumed: _OrderLogic(tracker_for(resumed, config, now_ms()), now_ms)
+        "tracker", batches, lambda resumed: marked("order_success", _OrderLogic(tracker_for(resumed, config, now_ms()), now_ms),
+                                     now_ms=now_ms)
     )
     outputs = op.map("outputs", op.key_rm("unkey", changes), order_outputs)
     op.output("kafka", op.flat_map("messages", outputs, lambda out: out[0]), kafka_sink)

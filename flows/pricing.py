@@ -33,7 +33,7 @@ from operators.events import InventoryEvent, OrderEvent, PriceEvent
 from operators.pricing import PriceChanges, PriceRules, PriceWatch
 from operators.stock import inventory_line, order_lines
 from shopstream.settings import Settings
-from state.alert_candidates import candidate_message
+from state.alert_candidates import candidate_message, marked
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import RedisSink, RedisWrite, ReplaceHash
@@ -156,7 +156,8 @@ def build_flow(
     raw = op.input("records", flow, records)
     batches = op.flat_map_batch("triage", raw, lambda batch: triage_batch(batch, config, now_ms()))
     changes = op.stateful_batch(
-        "watch", batches, lambda resumed: _PricingLogic(watch_for(resumed, config, now_ms()), now_ms)
+        "watch", batches, lambda resumed: marked("pricing", _PricingLogic(watch_for(resumed, config, now_ms()), now_ms),
+                                 now_ms=now_ms)
     )
     outputs = op.map("outputs", op.key_rm("unkey", changes), pricing_outputs)
     op.output("kafka", op.flat_map("messages", outputs, lambda out: out[0]), kafka_sink)

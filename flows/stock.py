@@ -33,7 +33,7 @@ from operators.clock import Clock, PartitionStatus, Progress, from_ms, wall_cloc
 from operators.events import InventoryEvent, OrderEvent
 from operators.stock import StockChanges, StockLedger, StockLine, StockRules, inventory_line, order_lines
 from shopstream.settings import Settings
-from state.alert_candidates import candidate_message
+from state.alert_candidates import candidate_message, marked
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import RedisSink, RedisWrite, ReplaceHash
@@ -76,6 +76,7 @@ class StockBatch(NamedTuple):
 
     lines: list[StockLine]
     progress: Progress
+    bucket: str = "0"  # the ledger shard they are for (its progress markers name it)
 
 
 def triage_batch(records: list[InputRecord], config: StockConfig, now_ms: int) -> list[tuple[str, StockBatch]]:
@@ -101,7 +102,7 @@ def triage_batch(records: list[InputRecord], config: StockConfig, now_ms: int) -
             per_bucket[crc32(line.sku.encode()) % buckets].append(line)
     if not progress:
         return []
-    return [(str(index), StockBatch(lines, progress)) for index, lines in enumerate(per_bucket)]
+    return [(str(index), StockBatch(lines, progress, str(index))) for index, lines in enumerate(per_bucket)]
 
 
 class _StockLogic(StatefulBatchLogic[StockBatch, StockChanges, StockLedger]):
@@ -165,7 +166,8 @@ def build_flow(
     changes = op.stateful_batch(
         "ledger",
         bucket_batches,
-        lambda resumed: _StockLogic(ledger_for(resumed, config, now_ms()), now_ms),
+        lambda resumed: marked("stock", _StockLogic(ledger_for(resumed, config, now_ms()), now_ms), config.buckets,
+                               shard_of=lambda batch: batch.bucket, now_ms=now_ms),
     )
     outputs = op.map("outputs", op.key_rm("unkey", changes), stock_outputs)
     op.output("kafka", op.flat_map("messages", outputs, lambda out: out[0]), kafka_sink)

@@ -40,7 +40,7 @@ from operators.events import ClickEvent, OrderEvent, PaymentEvent
 from operators.traffic_engine import RingRecord, TrafficConfig, TrafficEngine, TrafficOutputs
 from operators.traffic_graph import LinkRules
 from shopstream.settings import Settings
-from state.alert_candidates import candidate_message
+from state.alert_candidates import candidate_message, marked
 from state.inputs import decode_record
 from state.kafka import InputRecord, KafkaInputSource, KafkaOutputSink, OutboundMessage
 from state.redis_store import RedisSink, RedisWrite, ReplaceHash, SetIfLater, SetValue
@@ -162,7 +162,8 @@ def build_flow(
     raw = op.input("inputs", flow, records)
     batches = op.flat_map_batch("decode", raw, lambda batch: decode_batch(batch, config.max_event_ahead_ms, now_ms()))
     outputs = op.stateful_batch(
-        "engine", batches, lambda resumed: _TrafficLogic(engine_for(resumed, config.engine, now_ms()), now_ms)
+        "engine", batches, lambda resumed: marked("traffic", _TrafficLogic(engine_for(resumed, config.engine, now_ms()), now_ms),
+                                  now_ms=now_ms)
     )
     unkeyed = op.filter("nonempty", op.key_rm("unkey", outputs), bool)
     writes_and_messages = op.map("outputs", unkeyed, lambda out: traffic_outputs(out, config))

@@ -292,6 +292,34 @@ class AlertRouter:
         self._forget(horizon)
         return coalesce(out)
 
+    def release(
+        self,
+        items: Sequence[AlertCandidate],
+        horizon: int | None,
+        now_ms: int,
+        acks: AckLookup = no_acks,
+        at_once: Sequence[AlertCandidate] = (),
+        ungrouped: Sequence[AlertCandidate] = (),
+    ) -> list[RouterOutput]:
+        """The hold's step (`operators/alert_hold.py`): event time is the release point
+        `horizon`, not the largest event time seen. `ungrouped` (wall-time candidates such
+        as `engine.flow_down`) and `at_once` (too late to order) are applied first without
+        moving time; then `items`, released in order, with the timers due before each;
+        then the timers due by `horizon`."""
+        out: list[RouterOutput] = []
+        for item in (*ungrouped, *at_once, *items):
+            self.clock.observe(item.ts, now_ms)  # the clock the router falls back to
+        acked = self._read_acks(horizon, acks) if horizon is not None else set()
+        for candidates, grouped in ((ungrouped, False), (at_once, True), (items, True)):
+            for candidate in candidates:
+                if horizon is not None:
+                    self._fire_timers(min(candidate.ts, horizon), acked, out, now_ms)
+                self._apply(candidate, out, grouped)
+        if horizon is not None:
+            self._fire_timers(horizon, acked, out, now_ms)
+            self._forget(horizon)
+        return coalesce(out)
+
     def advance(self, now_ms: int, acks: AckLookup = no_acks) -> list[RouterOutput]:
         """Fire the timers that are due by now (input may have gone quiet)."""
         return self.add((), now_ms, acks)
@@ -361,7 +389,7 @@ class AlertRouter:
         self.due_floor = min((d for e in self.episodes.values() if (d := e.next_due()) is not None), default=None)
         self._flush_groups(upto, out)
 
-    def _apply(self, candidate: AlertCandidate, out: list[RouterOutput]) -> None:
+    def _apply(self, candidate: AlertCandidate, out: list[RouterOutput], grouped: bool = True) -> None:
         key = candidate.dedup_key
         episode = self.episodes.get(key)
         if not candidate.active:
@@ -375,7 +403,7 @@ class AlertRouter:
             episode.summary = candidate.summary  # what cleared it, in the detector's words
             if candidate.value is not None:
                 episode.value = candidate.value
-            self._page(episode.message("resolved", candidate.ts, "resolved"), out)
+            self._page(episode.message("resolved", candidate.ts, "resolved"), out, grouped)
             out.append(ActiveAlert(key, None))
             out.append(AckCleared(key, episode.first_seen_ts))
             return
@@ -414,7 +442,7 @@ class AlertRouter:
         )
         self.episodes[key] = episode
         self._note_due(episode.next_due())
-        self._page(episode.message("firing", candidate.ts, "firing"), out)
+        self._page(episode.message("firing", candidate.ts, "firing"), out, grouped)
         out.append(ActiveAlert(key, episode.current()))
 
     def _escalation_due(self, severity: str, since: int, current: int | None) -> int | None:
@@ -437,9 +465,9 @@ class AlertRouter:
             self.resolved_floor = min(self.resolved_at.values(), default=None)
 
     # -- storm grouping ------------------------------------------------------------------
-    def _page(self, message: AlertMessage, out: list[RouterOutput]) -> None:
+    def _page(self, message: AlertMessage, out: list[RouterOutput], grouped: bool = True) -> None:
         """A state change for on-call: out now, or into its rule's group."""
-        if not self.config.grouping:
+        if not self.config.grouping or not grouped:
             out.append(message)
             return
         group = self.groups.setdefault(message.rule, RuleGroup())

@@ -56,6 +56,13 @@ class AlertCandidate:
             out["detail"] = dict(self.detail)
         return out
 
+    def __reduce__(self):
+        # A mappingproxy cannot be pickled or deep-copied, and the alert router's hold keeps
+        # candidates in its snapshot: rebuild from a plain dict.
+        detail = None if self.detail is None else dict(self.detail)
+        return (type(self), (self.ts, self.rule, self.key, self.active, self.severity, self.summary,
+                             self.value, self.threshold, self.runbook, detail))
+
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> "AlertCandidate":
         return cls(

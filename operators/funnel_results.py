@@ -255,6 +255,22 @@ class FunnelAggregator:
             return []  # a bucket has not closed anything yet: it may still hold any window
         return self._publish_through(min(self.closed_through.values()))
 
+    def stamped_after(self) -> int | None:
+        """Every alert candidate this aggregator emits from now on is stamped after this
+        (the alert router's hold reads it as the funnel's progress); None until every
+        bucket has reported.
+
+        Candidates are stamped at the end of the window they judge, and windows start on
+        multiples of `window_ms`. Windows ending by the oldest bucket's `closed_through`
+        are published; any other window, pending or not yet reported, ends at the first
+        window boundary after it at the earliest, so the promise reaches one ms short of
+        that boundary: a full window ahead of `closed_through` itself, which is what lets
+        the other producers' alerts go without waiting for the funnel's next window."""
+        if len(self.closed_through) < self.rules.buckets:
+            return None
+        window_ms = self.rules.window_ms
+        return (min(self.closed_through.values()) // window_ms + 1) * window_ms - 1
+
     def flush(self) -> list[FunnelOutput]:
         """The input has ended: publish everything still pending."""
         if not self.pending:

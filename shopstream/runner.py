@@ -27,11 +27,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Callable
 
-from shopstream.settings import ALL_TOPICS, ConfigError, Settings
+from shopstream.settings import ALERT_PRODUCERS, ALL_TOPICS, ConfigError, Settings
 from state.flow_metrics import api_env
 
 # Flow name -> Bytewax import string. Every flow module exposes `flow`.
@@ -313,8 +313,17 @@ def check_ports_free(ports: dict[str, list[int]]) -> None:
         )
 
 
+def with_alert_producers(settings: Settings, flow_names: list[str]) -> Settings:
+    """The alert router waits for the producer flows that run with it, unless
+    SHOPSTREAM_ALERT_PRODUCERS says otherwise (README: alerts)."""
+    if settings.alert_producers or "alerts" not in flow_names:
+        return settings
+    return replace(settings, alert_producers=",".join(p for p in ALERT_PRODUCERS if p in flow_names))
+
+
 def start_flows(settings: Settings, flow_names: list[str], log_dir: Path | None = None) -> list[FlowProcess]:
     """Start several flows; if one cannot start, the ones already started are stopped."""
+    settings = with_alert_producers(settings, flow_names)
     ports = api_ports(settings)
     processes: list[FlowProcess] = []
     try:
@@ -522,6 +531,7 @@ def run_flows(settings: Settings, names: list[str] | None, log_dir: Path | None 
               should_stop: Callable[[], bool] | None = None) -> int:
     """Run and supervise flows until interrupted; returns an exit code (0 on a requested stop)."""
     flow_names = resolve_flows(names)
+    settings = with_alert_producers(settings, flow_names)
     preflight(settings)
     policy = RestartPolicy.from_settings(settings)
     ports = api_ports(settings)

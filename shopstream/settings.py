@@ -81,6 +81,10 @@ class Settings:
     alert_traffic_drop_pct: int = 30
     alert_lag_messages: int = 100_000
     alert_lag_sustain_s: int = 60
+    # Producer flows whose progress markers the alert router waits for (comma list; empty:
+    # no hold). `shopstream run` sets it to the producers among the flows it runs.
+    alert_producers: str = ""
+    alert_producer_timeout_s: int = 60  # an expected producer silent this long (wall time) is down
     flow_api_port_base: int = 9460
     # alert forwarding and metrics (issue 20): `shopstream alerts forward`, Prometheus
     alertmanager_url: str = ""
@@ -280,6 +284,10 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def alert_producer_names(self) -> tuple[str, ...]:
+        return tuple(sorted({name.strip() for name in self.alert_producers.split(",") if name.strip()}))
+
     # Durations in any unit, or the older whole-day settings (kept working).
     @property
     def fraud_label_horizon_ms(self) -> int:
@@ -309,6 +317,10 @@ class Settings:
             raise ConfigError(
                 f"SHOPSTREAM_ALERT_TRAFFIC_DROP_PCT must be between 1 and 99, got {self.alert_traffic_drop_pct}"
             )
+        unknown = [name for name in self.alert_producer_names if name not in ALERT_PRODUCERS]
+        if unknown:
+            raise ConfigError(f"SHOPSTREAM_ALERT_PRODUCERS names no producer flow: {', '.join(unknown)}; "
+                              f"choose from {', '.join(ALERT_PRODUCERS)}")
         _check_coupon_policy(self.coupon_policy)
         if self.fraud_review_good_bp < self.fraud_block_good_bp or self.fraud_review_good_bp >= 10_000:
             raise ConfigError(
@@ -369,6 +381,9 @@ class _Spec:
         return raw
 
 
+# The flows that write alert candidates (or, intake, input windows) with progress markers.
+ALERT_PRODUCERS = ("intake", "stock", "funnel", "fraud", "traffic", "pricing", "order_success")
+
 _SPECS = (
     _Spec("kafka_bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS", str),
     _Spec("redis_url", "REDIS_URL", str),
@@ -398,6 +413,8 @@ _SPECS = (
     _Spec("alert_traffic_drop_pct", "SHOPSTREAM_ALERT_TRAFFIC_DROP_PCT", int, 1),
     _Spec("alert_lag_messages", "SHOPSTREAM_ALERT_LAG_MESSAGES", int, 1),
     _Spec("alert_lag_sustain_s", "SHOPSTREAM_ALERT_LAG_SUSTAIN_S", int, 0),
+    _Spec("alert_producers", "SHOPSTREAM_ALERT_PRODUCERS", str),
+    _Spec("alert_producer_timeout_s", "SHOPSTREAM_ALERT_PRODUCER_TIMEOUT_S", int, 1),
     _Spec("flow_api_port_base", "SHOPSTREAM_FLOW_API_PORT_BASE", int, 0),
     _Spec("alertmanager_url", "SHOPSTREAM_ALERTMANAGER_URL", str),
     _Spec("pagerduty_url", "SHOPSTREAM_PAGERDUTY_URL", str),

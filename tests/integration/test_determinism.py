@@ -8,9 +8,9 @@ flows catch up. The outputs must be the same by id and body.
 The input ends with a sentinel event far ahead in event time on every input
 partition, so every window and deadline of the simulated hours closes on event time.
 What happens after the sentinel is decided by wall time once everything is read,
-so only results from before it are compared. Left out: the `alerts` flow's state
-changes (candidates from six flows meet in one topic at whatever pace each flow
-runs; see the README's determinism section) and fields that record wall time.
+so only results from before it are compared. The `alerts` flow's state changes are
+compared too: the router holds every producer's candidates until each producer's
+progress markers pass them (README: alerts). Left out: fields that record wall time.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ COMPARED_FLOWS = ("intake", "stock", "funnel", "coupons", "fraud", "churn", "tra
 ALL_FLOWS = COMPARED_FLOWS + ("alerts",)
 STARVED = ("clickstream", 0)
 
-# The id of each output topic's records; `alerts` is left out (see above).
+# The id of each output topic's records.
 OUTPUT_IDS = {
+    "alerts": "alert_id",
     "coupons": "coupon_id",
     "fraud-decisions": "decision_id",
     "churn-scores": "score_id",
@@ -53,10 +54,11 @@ OUTPUT_IDS = {
     "traffic-flags": "flag_id",
     "dead-letters": None,  # keyed by the event: (topic, partition, offset) is stable
 }
-# Redis keys not compared: the alerts flow's (see above), the engine's own bookkeeping, and
-# `fraud:ready:*`, a mailbox for the waiting payment service that expires 60 s of wall
-# time after the decision (its decision stays in `fraud:decision:*`, which is compared).
-SKIPPED_KEYS = ("alerts:", "stream:alerts", "engine:", "flows:", "lag:", "fraud:ready:")
+# Redis keys not compared: the engine's own bookkeeping (`alerts:sent:*` is the dedupe
+# mark of each `stream:alerts` entry, which is compared), and `fraud:ready:*`, a mailbox for
+# the waiting payment service that expires 60 s of wall time after the decision (its
+# decision stays in `fraud:decision:*`, which is compared).
+SKIPPED_KEYS = ("alerts:sent:", "engine:", "flows:", "lag:", "fraud:ready:")
 # Metrics restated under the same id as later input lands in their window: the latest wins,
 # and how often a window was restated on the way depends on batching, so only the last counts.
 RESTATED_METRICS = {"traffic"}
@@ -144,9 +146,10 @@ def committed_total(settings) -> int:
     return sum(max(offset, 0) for flow in COMPARED_FLOWS for offset in committed_offsets(settings, flow).values())
 
 
-def behind(settings, flows) -> dict[str, dict[str, tuple[int, int]]]:
-    """Per flow not yet done: its input partitions whose committed offset is short of the end."""
-    ends = end_offsets(settings)
+def behind(settings, flows, ends: dict[str, int] | None = None) -> dict[str, dict[str, tuple[int, int]]]:
+    """Per flow not yet done: its input partitions whose committed offset is short of the end
+    (`ends`, or the partitions' ends now)."""
+    ends = ends or end_offsets(settings)
     found = {}
     for flow in flows:
         offsets = committed_offsets(settings, flow)
@@ -163,6 +166,7 @@ def caught_up(settings, flows) -> bool:
 
 
 def start_engine(settings, starved: bool = False) -> list:
+    settings = runner.with_alert_producers(settings, list(ALL_FLOWS))  # as `shopstream run` does
     processes = []
     for flow in ALL_FLOWS:
         module = runner.FLOWS[flow].split(":")[0]
@@ -181,6 +185,11 @@ def run_to_end(settings, processes, timeout_s: float = 240) -> None:
         try:
             wait_until(lambda: caught_up(settings, COMPARED_FLOWS), timeout_s,
                        "every flow to read its input to the end", interval_s=1.0)
+            # Then the router: its input is what the others wrote by now. Not the moving end:
+            # idle producers still send a progress marker a second, so the end never stops.
+            written = end_offsets(settings)
+            wait_until(lambda: not behind(settings, ("alerts",), written), 120,
+                       "the alerts flow to read its input to the end", interval_s=0.5)
         except TimeoutError as timeout:
             raise TimeoutError(f"{timeout}; still behind: {behind(settings, COMPARED_FLOWS)}") from None
         assert all(p.popen.poll() is None for p in processes), "a flow exited"
@@ -227,6 +236,13 @@ def without_wall_time(value: bytes) -> bytes:
     return orjson.dumps(comparable(orjson.loads(value)), option=orjson.OPT_SORT_KEYS)
 
 
+def after_sentinel(value: bytes) -> bool:
+    """An alert (in `alerts:active` or `stream:alerts`) stamped after the sentinel."""
+    if not value.startswith(b'{"alert_id"'):
+        return False
+    return orjson.loads(value)["ts"] >= SENTINEL_MS
+
+
 def redis_outputs(settings, client) -> dict[str, object]:
     prefix = settings.redis_key("").encode()
     out = {}
@@ -236,13 +252,18 @@ def redis_outputs(settings, client) -> dict[str, object]:
             continue  # the sentinels' own keys are decided after the sentinel: by wall time
         kind = client.type(key)
         if kind == b"string":
-            out[name] = without_wall_time(client.get(key))
+            value = client.get(key)
+            if name.startswith("alerts:group:") and orjson.loads(value)["ts"] >= SENTINEL_MS:
+                continue  # decided after the sentinel
+            out[name] = without_wall_time(value)
         elif kind == b"hash":
-            out[name] = {k: v for k, v in client.hgetall(key).items() if k.decode() not in WALL_TIME_FIELDS}
+            out[name] = {k: v for k, v in client.hgetall(key).items()
+                         if k.decode() not in WALL_TIME_FIELDS and not after_sentinel(v)}
         elif kind == b"zset":
             out[name] = client.zrange(key, 0, -1, withscores=True)
         elif kind == b"stream":  # entry ids are wall time; the entries, in any order, are the result
-            out[name] = sorted(sorted(fields.items()) for _, fields in client.xrange(key))
+            out[name] = sorted(sorted(fields.items()) for _, fields in client.xrange(key)
+                               if not after_sentinel(fields.get(b"alert", b"")))
         elif kind == b"set":
             out[name] = sorted(client.smembers(key))
         elif kind == b"list":
@@ -311,7 +332,9 @@ def assert_same(expected: dict, actual: dict, what: str) -> None:
 def clean_run(service_settings, simulation, tmp_path_factory):
     from state.redis_store import connect
 
+    # No lag poller: lag alerts are wall time by nature (and the flows serve no dataflow API here).
     settings = replace(service_settings, topic_prefix="det.", redis_prefix="det:", snapshot_interval_s=2,
+                       flow_api_port_base=0,
                        recovery_dir=tmp_path_factory.mktemp("determinism"))
     clean = namespace(settings, "clean")
     produce_input(clean, simulation)
@@ -328,6 +351,7 @@ def test_the_clean_run_decides_something_in_every_output(clean_run):
     assert len(kafka["coupons"]) > 10 and len(kafka["fraud-decisions"]) > 100 and kafka["churn-scores"]
     metrics = {orjson.loads(body)["metric"] for body in kafka["metrics"].values()}
     assert {"input", "funnel", "kpi", "fraud", "stock_level"} <= metrics
+    assert kafka["alerts"] and redis.get("stream:alerts"), "no alert state change to compare"
     assert any(name.startswith("funnel:") for name in redis) and any(name.startswith("stock:") for name in redis)
     # The churn of flagged accounts is left out of the comparisons (a known gap); most is compared.
     customers = [name for name in redis if name.startswith("churn:")]

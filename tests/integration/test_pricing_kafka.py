@@ -42,7 +42,7 @@ def undercut_alerts(settings) -> dict[str, set[int]]:
     fired: dict[str, set[int]] = {}
     for _, value in read_topic(settings, "alert-candidates"):
         candidate = orjson.loads(value)
-        if candidate["rule"] == "price.undercut" and candidate["active"]:
+        if candidate.get("rule") == "price.undercut" and candidate["active"]:
             fired.setdefault(candidate["key"], set()).add(candidate["ts"])
     return fired
 

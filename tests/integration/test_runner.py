@@ -76,7 +76,7 @@ def test_a_flow_that_keeps_dying_is_restarted_then_reported_down(settings, monke
     intake = read_status(quick)["flows"]["intake"]
     assert intake["restarts"] == 2 and intake["exits_in_window"] == 3
     assert intake["last_exit_code"] not in (0, None) and intake["last_error"]
-    candidates = [orjson.loads(v) for _, v in read_topic(quick, "alert-candidates")]
+    candidates = [c for _, v in read_topic(quick, "alert-candidates") if "rule" in (c := orjson.loads(v))]
     assert [(c["rule"], c["key"], c["active"], c["severity"]) for c in candidates] == [
         ("engine.flow_down", "intake", True, "critical")
     ]
@@ -133,7 +133,7 @@ def test_killing_one_flow_repeatedly_restarts_it_and_the_others_keep_going(setti
         assert lines["intake"].split()[1] == "down" and "killed by SIGKILL" in lines["intake"], shown.stdout
         assert lines["stock"].split()[1:3] == ["running", "0"], shown.stdout
         assert " 2 " in lines["intake"], shown.stdout
-        wait_until(lambda: any(orjson.loads(v)["rule"] == "engine.flow_down"
+        wait_until(lambda: any(orjson.loads(v).get("rule") == "engine.flow_down"
                                for _, v in read_topic(settings, "alert-candidates")), 30, "the flow_down candidate")
     finally:
         runner.send_signal(signal.SIGTERM)

@@ -120,7 +120,7 @@ def test_kill_9_while_catching_up_gives_the_same_flags_rings_and_no_coupons(traf
         assert int(ring["flagged_sessions"]) == sum(f["kind"] == "click_farm" for f in flagged)
         assert int(ring["members"]) >= max(f["ring_size"] for f in flagged)
         assert set(orjson.loads(ring["skus"])) >= {f["sku"] for f in flagged if f["kind"] == "brushing"}
-    candidates = [orjson.loads(v) for _, v in read_topic(settings, "alert-candidates")]
+    candidates = [c for _, v in read_topic(settings, "alert-candidates") if "progress" not in (c := orjson.loads(v))]
     assert {c["key"] for c in candidates if c["rule"] == "traffic.brushing"} == {
         f"{f['ring_id']}:{f['sku']}" for f in expected.values() if f["kind"] == "brushing"}
 

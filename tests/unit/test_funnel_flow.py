@@ -50,7 +50,7 @@ def metrics(kafka_out) -> list[dict]:
 
 
 def candidates(kafka_out) -> list[dict]:
-    return [orjson.loads(m.value) for m in kafka_out if m.topic == "alert-candidates"]
+    return [c for m in kafka_out if m.topic == "alert-candidates" if "progress" not in (c := orjson.loads(m.value))]
 
 
 def find(records, **match) -> dict:

@@ -110,7 +110,9 @@ def test_dead_letters_keep_as_many_raw_bytes_as_configured():
 def test_one_and_two_workers_give_the_same_results():
     one, _ = run_intake(build_records(), 1)
     two, _ = run_intake(build_records(), 2)
-    assert sorted(m.value for m in one) == sorted(m.value for m in two)
+    # Progress markers follow the batching (one per batch that moved the clock): not results.
+    assert sorted(m.value for m in one if b'"progress"' not in m.value) == sorted(
+        m.value for m in two if b'"progress"' not in m.value)
 
 
 def test_counts_do_not_depend_on_how_upstream_batches_are_grouped():

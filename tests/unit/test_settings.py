@@ -62,3 +62,19 @@ def test_to_env_reproduces_the_settings():
     )
     assert Settings.from_env(settings.to_env()) == settings
     assert settings.recovery_dir == Path("/tmp/rec")
+
+
+def test_alert_producers_are_named_flows_and_shopstream_run_fills_them_in():
+    from shopstream.runner import with_alert_producers
+
+    assert Settings.from_env({"SHOPSTREAM_ALERT_PRODUCERS": " stock,fraud ,stock"}).alert_producer_names == (
+        "fraud", "stock")
+    with pytest.raises(ConfigError, match="SHOPSTREAM_ALERT_PRODUCERS"):
+        Settings.from_env({"SHOPSTREAM_ALERT_PRODUCERS": "stock,churn"})
+    plain = Settings.from_env({})
+    assert with_alert_producers(plain, ["alerts", "stock", "churn", "intake"]).alert_producer_names == (
+        "intake", "stock")
+    assert with_alert_producers(plain, ["stock", "funnel"]).alert_producers == ""  # no router to hold
+    assert with_alert_producers(plain, ["alerts"]).alert_producers == ""  # alone: no hold
+    chosen = Settings.from_env({"SHOPSTREAM_ALERT_PRODUCERS": "fraud"})
+    assert with_alert_producers(chosen, ["alerts", "stock"]).alert_producer_names == ("fraud",)

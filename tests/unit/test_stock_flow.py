@@ -64,7 +64,7 @@ def run_stock(records, workers=1, batch_size=64):
 
 
 def candidates(kafka_out):
-    return [orjson.loads(m.value) for m in kafka_out if m.topic == "alert-candidates"]
+    return [c for m in kafka_out if m.topic == "alert-candidates" if "progress" not in (c := orjson.loads(m.value))]
 
 
 def assert_levels_equal_truth(hashes, records):
@@ -100,7 +100,9 @@ def test_level_changes_go_to_metrics_with_deterministic_ids(flash_sale):
     levels = [orjson.loads(m.value) for m in one if m.topic == "metrics"]
     assert levels and all(m["metric"] == "stock_level" for m in levels)
     assert len({m["metric_id"] for m in levels}) == len(levels)
-    assert sorted(m.value for m in one) == sorted(m.value for m in two)
+    # Progress markers follow the batching (one per batch that moved a bucket's clock): not results.
+    assert sorted(m.value for m in one if b'"progress"' not in m.value) == sorted(
+        m.value for m in two if b'"progress"' not in m.value)
     for m in levels:
         assert {"available", "reserved", "presale_available", "level", "updated_ts"} <= set(m)
     assert all(h["level"] in ("safe", "warning", "urgent", "out") for h in hashes.values())

@@ -126,7 +126,7 @@ def test_flags_match_the_ring_truth_and_crowds_behind_shared_addresses_are_left_
         assert flag["amount"] > 0
 
     # Alerts: one traffic.brushing per ring and SKU, and the click farm's campaign SKUs.
-    candidates = [orjson.loads(m.value) for m in kafka_out if m.topic == "alert-candidates"]
+    candidates = [c for m in kafka_out if m.topic == "alert-candidates" if "progress" not in (c := orjson.loads(m.value))]
     brushing = [c for c in candidates if c["rule"] == "traffic.brushing" and c["active"]]
     assert brushing and len({c["key"] for c in brushing}) == len(brushing)
     assert {c["key"] for c in brushing} == {f"{f['ring_id']}:{f['sku']}" for f in flagged_orders}
@@ -175,7 +175,8 @@ def test_bad_input_is_skipped_not_fatal():
     ]
     assert [len(batch.events) for _, batch in decode_batch(records, 3_600_000, NOW_MS)] == [1]
     kafka_out, redis_out = run_traffic(records)
-    assert kafka_out == [] and redis_out == []
+    # Only the engine's progress markers (the alert router's hold), no result.
+    assert all(b'"progress"' in m.value for m in kafka_out) and redis_out == []
 
 
 def funnel_and_kpi_windows(records) -> dict[tuple[str, str, int], dict]:
