@@ -134,6 +134,16 @@ class StreamClock:
             return None  # a partition with a backlog has not delivered an event yet
         return min(behind)
 
+    def catching_up(self) -> bool:
+        """True while some reported partition still has unread messages (a backlog)."""
+        return self._reports() and not self._all_caught_up()
+
+    def read_through(self) -> int | None:
+        """While catching up: the latest event time read from the slowest partition that still
+        has a backlog (every partition has delivered what is older, lateness aside); `None`
+        while one has not reported or delivered yet. Not moved by the wall clock."""
+        return self._held_at()
+
     def _reports(self) -> bool:
         return bool(self.partitions or self.caught_up)
 

@@ -15,6 +15,7 @@ import logging
 import math
 import pickle
 from array import array
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,14 @@ class Quality:
         }
 
 
+def _event_order(event: PaymentEvent) -> tuple:
+    return event.ts, event.event_id
+
+
+def _event_ts(event: PaymentEvent) -> int:
+    return event.ts
+
+
 class FraudEngine:
     def __init__(self, config: FraudConfig, pseudonym: Pseudonymizer, bundle: ModelBundle | None = None):
         self.config = config
@@ -209,6 +218,32 @@ class FraudEngine:
         out = FraudOutputs()
         if progress is not None:
             self.clock.advance(progress, now_ms)
+            events = self._in_time_order(events)
+        self._handle(events, now_ms, progress is None, out)
+        self.advance(now_ms, out)
+        return out
+
+    def _in_time_order(self, events: list[PaymentEvent]) -> list[PaymentEvent]:
+        """Live (every partition at its end), a payment is decided the moment it is read. While
+        the flow catches up on a backlog, velocity counts would depend on which partition is
+        read first, so a payment waits until every partition with a backlog has read past it
+        (no lateness: it is the order across partitions that matters, and live a partition
+        is behind only for a fetch or two), and payments are handled in event-time order: a
+        replay, or a restart after a crash, decides what living through it decided."""
+        waiting = self.__dict__.setdefault("waiting", [])  # snapshots from before this buffer
+        waiting.extend(events)
+        if not waiting:
+            return []
+        waiting.sort(key=_event_order)
+        if not self.clock.catching_up():
+            ready, self.waiting = waiting, []
+            return ready
+        read_through = self.clock.read_through()
+        cut = 0 if read_through is None else bisect_left(waiting, read_through, key=_event_ts)
+        ready, self.waiting = waiting[:cut], waiting[cut:]
+        return ready
+
+    def _handle(self, events: list[PaymentEvent], now_ms: int, observe: bool, out: FraudOutputs) -> None:
         for event in events:
             status = event.status
             if status == "requested":
@@ -219,14 +254,15 @@ class FraudEngine:
                 self._failed(event)
             elif status == "chargeback":
                 self._chargeback(event, out)
-            if progress is None:
+            if observe:
                 self.clock.observe(event.ts, now_ms)
-        self.advance(now_ms, out)
-        return out
 
     def advance(self, now_ms: int, out: FraudOutputs | None = None) -> FraudOutputs:
-        """Work that follows the clock: labels past the horizon, expiry, windows, checkpoints."""
-        out = FraudOutputs() if out is None else out
+        """Work that follows the clock: payments it has passed, labels past the horizon,
+        expiry, windows, checkpoints."""
+        if out is None:  # a wake without input: waiting payments the clock has passed
+            out = FraudOutputs()
+            self._handle(self._in_time_order([]), now_ms, False, out)
         clock_ts = self.clock.max_event_ms
         if clock_ts is None:
             return out
@@ -248,7 +284,7 @@ class FraudEngine:
     def next_wake_ms(self, now_ms: int) -> int | None:
         """Wall time at which the oldest open window closes if input stays quiet."""
         if not self.windows:
-            return None
+            return None  # waiting payments move with input only (a partition with a backlog)
         end = min(self.windows) + self.config.metrics_window_ms
         return self.clock.wall_time_when(end, now_ms)
 

@@ -119,3 +119,38 @@ def test_pseudonyms_are_stable_per_key_and_differ_across_keys():
     assert a("u1") == a("u1") != a("u2")
     assert a("u1") != b("u1") and "u1" not in a("u1")
     assert KEY not in repr(a)
+
+
+def test_catching_up_decides_the_same_whichever_partition_is_read_first():
+    """A card-testing bot's attempts land on two partitions (keyed by user). Replaying a backlog,
+    one partition may be read far ahead of the other; decided on arrival, the attempts read
+    first would see none of the other partition's and pass the velocity rules."""
+    from operators.clock import PartitionStatus, Progress
+
+    attempts = [payment(T0 + n * SECOND, card=f"c{n}", device="bot", ip="6.6.6.6", user=f"u{n % 2}",
+                        payment_id=f"p{n}", amount=1.0) for n in range(12)]
+    by_partition = {p: [a for a in attempts if a.user_id == f"u{p}"] for p in (0, 1)}
+
+    def batch(events, partition, caught_up=None):
+        progress = Progress()
+        for event in events:
+            progress.saw(("payments", partition), event.ts)
+        if caught_up is not None:
+            progress.report(PartitionStatus("payments", partition, caught_up, 2))
+        return events, progress
+
+    def decisions(batches):
+        e = engine()
+        for partition in (0, 1):  # both report a backlog before anything is read
+            e.process([], NOW, batch([], partition, False)[1])
+        found = {}
+        for events, progress in batches:
+            found.update((d.payment_id, (d.decision, tuple(d.reasons))) for d in e.process(events, NOW, progress).decisions)
+        return found
+
+    interleaved = decisions([batch([a], int(a.user_id[1]), True if a is attempts[-1] else None) for a in attempts]
+                            + [batch([], 0, True)])
+    first_then_second = decisions([batch(by_partition[0], 0, True), batch(by_partition[1], 1, True)])
+    second_then_first = decisions([batch(by_partition[1], 1, True), batch(by_partition[0], 0, True)])
+    assert len(interleaved) == 12 and any(d == "block" for d, _ in interleaved.values())
+    assert first_then_second == interleaved and second_then_first == interleaved
