@@ -123,19 +123,25 @@ class OrderSuccess:
         """The input has ended: let event time run until every open window is final."""
         ends = [self.clock.max_event_ms] if self.clock.max_event_ms is not None else []
         ends.extend(due for due, _, _ in self.timers)
-        return self._run(max(ends) if ends else None)
+        return self._run(max(ends) if ends else None, inclusive=True)
 
     def next_wake_ms(self, now_ms: int) -> int | None:
         due = [min(event.ts for event in self.pending)] if self.pending else []
         if self.timers:
             due.append(self.timers[0][0])
-        return self.clock.wall_time_when(min(due), now_ms) if due else None
+        # Applied, or fired, once the watermark is past them.
+        return self.clock.wall_time_when(min(due) + 1, now_ms) if due else None
 
     # -- the event-time loop -------------------------------------------------------------------
-    def _run(self, watermark: int | None) -> OrderChanges:
+    def _run(self, watermark: int | None, inclusive: bool = False) -> OrderChanges:
+        """Events and timers strictly older than `watermark` (a partition at the watermark may
+        still deliver an event stamped with it, which comes before timers due at its instant);
+        through it, inclusive, at the end of the input."""
         changes = OrderChanges()
         if watermark is None:
             return changes
+        if not inclusive:
+            watermark -= 1  # applied through the last millisecond before the watermark
         if self.applied_until is not None and watermark < self.applied_until:
             watermark = self.applied_until
         ready: list = []
@@ -144,7 +150,7 @@ class OrderSuccess:
             cut = bisect_right(pending, watermark, key=lambda event: event.ts)
             ready, self.pending = pending[:cut], pending[cut:]
         for event in ready:
-            if self.applied_until is not None and event.ts < self.applied_until:
+            if self.applied_until is not None and event.ts <= self.applied_until:
                 self.late_events += 1
                 continue
             self._fire(event.ts - 1, changes)  # timers due before the event; at its instant, the event first

@@ -116,3 +116,60 @@ def test_refund_response_percentiles_and_alert():
     assert report["p95_ms"] is None  # the unanswered request is the 95th percentile
     (alert,) = [c for c in candidates if c["rule"] == "orders.refund_response"]
     assert alert["active"] and alert["ts"] == report["window_end"] + RULES.refund_wait_ms
+
+
+def test_an_event_at_the_watermark_comes_before_the_timers_due_then():
+    """With no lateness, a partition that has reached the watermark may still deliver another
+    event stamped with it. A success landing exactly when a failed payment's retry grace ends
+    keeps the order processed ("at its instant, the event first"), whichever partition is read
+    first; firing the grace timer at the watermark decided the order failed before the success
+    from the slower partition was read."""
+    from dataclasses import replace
+
+    from operators.clock import PartitionStatus, Progress
+    from operators.events import OrderEvent, PaymentEvent
+    from operators.order_success import OrderSuccess
+
+    rules = replace(RULES, lateness_ms=0, min_orders=1)
+    t0 = 1_800_000_000_000
+    grace_end = t0 + 1_000 + rules.retry_grace_ms
+
+    def order(ts, order_id, event_id):
+        return OrderEvent.from_dict({"event_id": event_id, "ts": ts, "order_id": order_id, "user_id": "u",
+                                     "status": "created", "items": [{"sku": "s", "quantity": 1, "unit_price": 5.0}],
+                                     "amount": 5.0, "channel": "app"})
+
+    def pay(ts, status, payment_id, event_id, reason=None):
+        return PaymentEvent.from_dict({"event_id": event_id, "ts": ts, "payment_id": payment_id, "order_id": "o1",
+                                       "user_id": "u", "status": status, "amount": 5.0, "method": "card",
+                                       **({"failure_reason": reason} if reason else {})})
+
+    created, failed = order(t0, "o1", "e1"), pay(t0 + 1_000, "failed", "p1", "e2", "gateway_timeout")
+    later_order = order(grace_end + 5_000, "o2", "e3")  # partition 0 runs ahead
+    other_at_grace_end = pay(grace_end, "requested", "p9", "e4")  # partition 1 has reached the grace's end
+    succeeded = pay(grace_end, "succeeded", "p2", "e5")  # ... and has another event stamped then
+
+    def progress(latest, caught_up=None):
+        p = Progress(dict(latest))
+        for source, done in (caught_up or {}).items():
+            p.report(PartitionStatus(source[0], source[1], done, 2))
+        return p
+
+    def metrics(batches):
+        tracker = OrderSuccess(rules)
+        tracker.add([], progress({}, {("orders", 0): False, ("payments", 1): False}), NOW_MS)
+        out = []
+        for events, latest in batches:
+            out += tracker.add(events, progress(latest), NOW_MS).metrics
+        out += tracker.add([], progress({}, {("orders", 0): True, ("payments", 1): True}), NOW_MS).metrics
+        out += tracker.flush().metrics
+        return [(m["metric_id"], m.get("failed"), m.get("processed")) for m in out if m["metric"] == "order_success"]
+
+    together = metrics([([created, failed, later_order, other_at_grace_end, succeeded],
+                         {("orders", 0): grace_end + 5_000, ("payments", 1): grace_end})])
+    success_read_later = metrics([([created, failed, later_order, other_at_grace_end],
+                                   {("orders", 0): grace_end + 5_000, ("payments", 1): grace_end}),
+                                  ([succeeded], {("payments", 1): grace_end})])
+    # o1 processed (its success at the grace's end); o2, never paid, fails on its outcome timeout.
+    assert together and all((failed, processed) == (1, 1) for _, failed, processed in together)
+    assert success_read_later == together
