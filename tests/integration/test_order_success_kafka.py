@@ -113,7 +113,8 @@ def test_success_rate_and_outage_alert_across_a_kill_9(settings, redis_client, o
         assert sum(m["orders"] for m in channels) == window["orders"]
         assert sum(m["failed"] for m in channels) == window["failed"]
 
-    candidates = set(outputs(settings, "alert-candidates"))
+    # Progress markers (the alert router's hold) follow each run's batching; candidates do not.
+    candidates = {v for v in outputs(settings, "alert-candidates") if "progress" not in orjson.loads(v)}
     assert candidates and all(orjson.loads(v) in reference for v in candidates)  # replays repeat a candidate exactly
     fired = sorted((orjson.loads(v) for v in candidates), key=lambda c: c["ts"])
     fired = [c for c in fired if c["rule"] == "orders.success_rate" and c["key"] == "all" and c["active"]]
@@ -164,6 +165,6 @@ def test_refund_response_percentiles_equal_the_shops_own_response_times(settings
                [None if rank[pct] == math.inf else int(rank[pct]) for pct in (50, 95, 99)], start
     # The shop answers within the plan's 60 s: no refund alert.
     candidates = [orjson.loads(v) for v in outputs(settings, "alert-candidates")]
-    assert not [c for c in candidates if c["rule"] == "orders.refund_response"]
+    assert not [c for c in candidates if c.get("rule") == "orders.refund_response"]  # markers have no rule
     latest = orjson.loads(redis_client.get(settings.redis_key("orders:refunds")))
     assert latest["window_start"] >= max(windows) and latest == reported.get(latest["window_start"], latest)
