@@ -722,9 +722,19 @@ def _ensure_launched(service: _Service) -> bool:
     return True
 
 
+def _exited(service: _Service, looks: int = 5, pause_s: float = 0.1) -> bool:
+    """Whether the service's process is gone. One look can be wrong: while a process execs its
+    program, /proc shows it with an empty command line for a moment, as it shows a zombie."""
+    for _ in range(looks):
+        if service.pid is not None:
+            return False
+        time.sleep(pause_s)
+    return True
+
+
 def _wait_until_answering(service: _Service, deadline: float, timeout_s: float) -> None:
     while not service.answers():
-        if service.pid is None:
+        if _exited(service):
             raise ServiceError(
                 f"{service.name} exited while starting on {service.address}.\n"
                 f"{_tail_of_files(service.logs)}"

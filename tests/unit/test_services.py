@@ -306,3 +306,25 @@ def test_format_status_prints_one_aligned_line_per_service():
     assert lines[0].split()[:4] == ["kafka", "127.0.0.1:9092", "up", "pid"]
     assert lines[1].split()[:4] == ["redis", "127.0.0.1:6379", "down", "-"]
     assert lines[0].index("started") == lines[1].index("not running")
+
+
+def _starting_service(tmp_path, answers):
+    return services._Service(name="alertmanager", host="127.0.0.1", port=1, pid_file=tmp_path / "am.pid",
+                             logs=(tmp_path / "am.log",), command_marker="am.yml", answers=answers,
+                             start=lambda: None)
+
+
+def test_a_service_seen_mid_exec_is_not_taken_for_exited(tmp_path, monkeypatch):
+    """While the launched process execs its program, /proc shows an empty command line for a
+    moment, so one look finds no process of ours: the wait must look again, not fail the start."""
+    looks = iter([None, 4242, 4242, 4242])
+    monkeypatch.setattr(services, "owned_pid", lambda pid_file, marker: next(looks, 4242))
+    answers = iter([False, False, True])
+    services._wait_until_answering(_starting_service(tmp_path, lambda: next(answers)), float("inf"), 60)
+
+
+def test_a_service_that_is_gone_fails_its_start_with_its_logs(tmp_path, monkeypatch):
+    monkeypatch.setattr(services, "owned_pid", lambda pid_file, marker: None)
+    (tmp_path / "am.log").write_text("level=error msg='listen tcp: address already in use'\n")
+    with pytest.raises(ServiceError, match=r"(?s)exited while starting.*address already in use"):
+        services._wait_until_answering(_starting_service(tmp_path, lambda: False), float("inf"), 60)
