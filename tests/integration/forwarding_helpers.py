@@ -12,6 +12,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from confluent_kafka import Consumer, TopicPartition
+
 from shopstream.settings import Settings
 
 
@@ -95,3 +97,19 @@ def alertmanager_alerts(url: str) -> list[dict]:
     """Alertmanager's current (not resolved) alerts, as `GET /api/v2/alerts` gives them."""
     with urllib.request.urlopen(f"{url}/api/v2/alerts", timeout=5) as response:
         return json.loads(response.read())
+
+
+def forwarded_to_the_end(settings: Settings) -> bool:
+    """Whether the forwarder's group has committed every message now on `alerts`: it commits
+    only after every destination accepted, so all it will post for them is posted."""
+    consumer = Consumer({**settings.kafka_config(), "group.id": settings.forward_group, "enable.auto.commit": False})
+    try:
+        topic = settings.topic("alerts")
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        for committed in consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10):
+            _, end = consumer.get_watermark_offsets(TopicPartition(topic, committed.partition), timeout=10)
+            if end > 0 and committed.offset < end:
+                return False
+        return True
+    finally:
+        consumer.close()

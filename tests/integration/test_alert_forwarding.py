@@ -16,6 +16,7 @@ from shopstream.runner import start_flow, stop_all
 from state.alert_candidates import candidate_message
 from tests.integration.forwarding_helpers import (
     PagerDutyReceiver,
+    forwarded_to_the_end,
     alertmanager_alerts,
     start_forwarder,
     stop_forwarder,
@@ -126,7 +127,7 @@ def test_a_forwarder_restart_neither_repeats_nor_skips_and_repeated_ids_are_sent
     forwarder = start_forwarder(settings, tmp_path / "forwarder.log")
     try:
         wait_until(lambda: len(pagerduty.snapshot()) >= 600, 90, "every event")
-        time.sleep(3)  # anything extra would arrive now
+        wait_until(lambda: forwarded_to_the_end(settings), 60, "the forwarder to finish the topic")  # no extras after
     finally:
         stop_forwarder(forwarder)
     events = pagerduty.snapshot()
@@ -201,7 +202,7 @@ def test_a_pagerduty_outage_of_20_s_delays_but_loses_nothing_and_keeps_order(set
         sent += [alert_message(f"sku-{i}", "resolved", now, now + 1_000 + i) for i in range(30)]
         produce(settings, "alerts", sent)
         wait_until(lambda: len(pagerduty.snapshot()) >= 60, 120, "every event after the outage")
-        time.sleep(2)
+        wait_until(lambda: forwarded_to_the_end(settings), 60, "the forwarder to finish the topic")
     finally:
         stop_forwarder(forwarder)
     assert pagerduty.refused > 0
